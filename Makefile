@@ -1,0 +1,32 @@
+# circuitd: `make test` and `make demo` do all the set-up they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+# GPU hosts: make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check circuitd graphs workers api tests bench
+
+test: install lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/circuitd discover --model zoo:synth --task ioi --method eap-ig --top-n 150 --out demo-circuit.json
+	$(BIN)/circuitd summary demo-circuit.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-circuit.json

@@ -1,0 +1,1 @@
+"""Models: one adapter over TransformerLens, a registry of model ids, and the shipped zoo."""

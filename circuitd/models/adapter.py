@@ -1,0 +1,200 @@
+"""The one module that imports TransformerLens.
+
+Everything else sees a :class:`ModelAdapter`: the model's shape, its tokenizer, the hook
+points that edge methods read and write (named in TransformerLens's vocabulary), and a
+forward pass with hooks. A TransformerBridge backend would be a second adapter with the
+same surface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from circuitd.errors import ModelError
+from circuitd.models.tokenizer import HFTokenizer, Tokenizer
+
+HookFn = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the edge graph needs to know about an architecture."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    attn_only: bool = False
+    parallel_attn_mlp: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
+        return cls(
+            n_layers=int(cfg["n_layers"]),
+            n_heads=int(cfg["n_heads"]),
+            d_model=int(cfg["d_model"]),
+            d_vocab=int(cfg["d_vocab"]),
+            n_ctx=int(cfg["n_ctx"]),
+            attn_only=bool(cfg.get("attn_only", False)),
+            parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
+        )
+
+
+def _enable_edge_hooks(model: Any) -> None:
+    model.set_use_attn_result(True)
+    model.set_use_split_qkv_input(True)
+    if not model.cfg.attn_only:
+        model.set_use_hook_mlp_in(True)
+    if getattr(model.cfg, "n_key_value_heads", None):
+        model.set_ungroup_grouped_query_attention(True)
+
+
+class ModelAdapter:
+    """A loaded model with the hook points that edge patching uses."""
+
+    def __init__(self, model: Any, tokenizer: Tokenizer | None, model_id: str):
+        _enable_edge_hooks(model)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        cfg = model.cfg
+        self.shape = ModelShape(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            d_model=cfg.d_model,
+            d_vocab=cfg.d_vocab,
+            n_ctx=cfg.n_ctx,
+            attn_only=bool(cfg.attn_only),
+            parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # Hook points, in TransformerLens's names.
+    @staticmethod
+    def hook_input() -> str:
+        """Token plus positional embedding: the ``input`` source."""
+        return "blocks.0.hook_resid_pre"
+
+    @staticmethod
+    def hook_head_result(layer: int) -> str:
+        """Per-head outputs ``[batch, pos, head, d_model]``."""
+        return f"blocks.{layer}.attn.hook_result"
+
+    @staticmethod
+    def hook_mlp_out(layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_out"
+
+    @staticmethod
+    def hook_head_input(layer: int, qkv: str) -> str:
+        """Per-head residual input to q, k or v ``[batch, pos, head, d_model]``."""
+        return f"blocks.{layer}.hook_{qkv}_input"
+
+    @staticmethod
+    def hook_mlp_in(layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_in"
+
+    def hook_final_resid(self) -> str:
+        """The residual stream that the unembedding reads: the ``logits`` destination."""
+        return f"blocks.{self.shape.n_layers - 1}.hook_resid_post"
+
+    def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""
+        wrapped = [(name, _wrap(fn)) for name, fn in hooks]
+        if not wrapped:
+            return self.model(tokens, return_type="logits")
+        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=wrapped)
+
+    def run_from(
+        self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]], names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Run with ``hooks`` and return the activations at ``names`` (no logits kept)."""
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(name: str) -> HookFn:
+            def fn(act: torch.Tensor) -> None:
+                store[name] = act
+
+            return fn
+
+        self.run(tokens, [*hooks, *((n, grab(n)) for n in names)])
+        return store
+
+
+def _wrap(fn: HookFn) -> Callable[[torch.Tensor, Any], torch.Tensor | None]:
+    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
+        return fn(act)
+
+    return hook
+
+
+def build_from_config(
+    cfg: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None,
+    tokenizer: Tokenizer | None,
+    model_id: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ModelAdapter:
+    """A HookedTransformer from config fields, with given weights or seeded random ones."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    try:
+        config = HookedTransformerConfig(**{**cfg, "device": device, "dtype": dtype})
+    except TypeError as exc:
+        raise ModelError(f"{model_id}: bad model config: {exc}") from exc
+    model = HookedTransformer(config, move_to_device=False)
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
+        if missing or unexpected:
+            raise ModelError(
+                f"{model_id}: weights do not match the config "
+                f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})"
+            )
+    model.to(device, print_details=False)
+    model.to(dtype, print_details=False)
+    return ModelAdapter(model, tokenizer, model_id)
+
+
+def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
+    """A TransformerLens model by its name (needs the model hub or its local cache)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError as exc:
+        raise ModelError(
+            f"unknown model '{name}': use a TransformerLens name, zoo:<name>, "
+            "random:<preset>[@seed] or local:<dir>"
+        ) from exc
+    try:
+        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+    except Exception as exc:  # network, cache and hub errors all end the same way
+        raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {exc}") from exc
+    return ModelAdapter(model, HFTokenizer(model.tokenizer), name)
+
+
+def pretrained_config(name: str) -> dict[str, Any]:
+    """The config of a TransformerLens model, without its weights (needs the hub)."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    try:
+        return get_pretrained_model_config(name).to_dict()
+    except Exception as exc:
+        raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {exc}") from exc

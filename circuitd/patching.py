@@ -1,0 +1,231 @@
+"""The one patching engine (REFERENCE §2). Every edge method runs on it.
+
+Edge weights ``alpha`` over the flat edge index say how much of each edge is ablated:
+0 keeps the edge, 1 removes it. A destination's input becomes
+
+    in_v = in_v(current) + sum_u alpha[u->v] * (ablated_u - current_u)
+
+where ``current_u`` is source u's output in this very pass. Source outputs are collected
+as the pass reaches them (``diff = ablated - current``), and each destination hook adds
+its block of ``alpha`` contracted with that stack. ``alpha`` may carry a leading circuit
+axis ``[C, n_edges]``: the batch is repeated C times and every circuit runs in one pass.
+
+The gradient of a metric with respect to ``alpha`` at zero is edge attribution patching;
+``edge_gradients`` computes it for every edge from the gradients at the destination
+inputs, which costs one backward pass and one matrix product per destination group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from circuitd.edges import DestGroup, EdgeGraph
+from circuitd.models.adapter import HookFn, ModelAdapter
+
+ABLATIONS = ("resample", "zero", "mean")
+
+
+class _SourceStack:
+    """Source outputs of one pass, stacked as ``[n_src, C, B, P, D]`` in source order."""
+
+    def __init__(self, ablated: torch.Tensor, n_circuits: int):
+        self.ablated = ablated  # [S, B, P, D]
+        self.c = n_circuits
+        self.chunks: list[torch.Tensor] = []
+        self.n = 0
+        self._stacked: torch.Tensor | None = None
+
+    def add(self, current: torch.Tensor) -> None:
+        """``current [k, C*B, P, D]``: the next k sources' outputs."""
+        k = current.shape[0]
+        cur = current.reshape(k, self.c, -1, *current.shape[2:])
+        self.chunks.append(self.ablated[self.n : self.n + k].unsqueeze(1) - cur)
+        self.n += k
+        self._stacked = None
+
+    def prefix(self, n: int) -> torch.Tensor:
+        if self._stacked is None or self._stacked.shape[0] != self.n:
+            self._stacked = torch.cat(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        if n > self.n:
+            raise RuntimeError(f"destination reads {n} sources but only {self.n} are computed")
+        return self._stacked[:n]
+
+
+def _source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list[tuple[str, HookFn]]:
+    """Hooks that hand each source output ``[k, batch, pos, d_model]`` to ``sink``, in order."""
+    hooks: list[tuple[str, HookFn]] = [(model.hook_input(), lambda a: sink(a.unsqueeze(0)))]
+    for layer in range(graph.shape.n_layers):
+        hooks.append((model.hook_head_result(layer), lambda a: sink(a.permute(2, 0, 1, 3))))
+        if not graph.shape.attn_only:
+            hooks.append((model.hook_mlp_out(layer), lambda a: sink(a.unsqueeze(0))))
+    return hooks
+
+
+def _dest_hooks(
+    model: ModelAdapter, graph: EdgeGraph, add: Callable[[DestGroup, int, torch.Tensor], torch.Tensor]
+) -> list[tuple[str, HookFn]]:
+    """Hooks at every destination input; ``add(group, qkv, act)`` returns the new input."""
+    hooks: list[tuple[str, HookFn]] = []
+    for g in graph.groups:
+        if g.kind == "attn":
+            for x, qkv in enumerate(("q", "k", "v")):
+                hooks.append(
+                    (model.hook_head_input(g.layer, qkv), lambda a, g=g, x=x: add(g, x, a))
+                )
+        elif g.kind == "mlp":
+            hooks.append((model.hook_mlp_in(g.layer), lambda a, g=g: add(g, 0, a)))
+        else:
+            hooks.append((model.hook_final_resid(), lambda a, g=g: add(g, 0, a)))
+    return hooks
+
+
+class PatchingEngine:
+    """Runs a model with any set of edges ablated, for many circuits at once."""
+
+    def __init__(self, model: ModelAdapter, graph: EdgeGraph):
+        if graph.shape != model.shape:
+            raise ValueError("edge graph and model have different shapes")
+        self.model = model
+        self.graph = graph
+
+    # --- source values -------------------------------------------------------------------
+    def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
+        chunks: list[torch.Tensor] = []
+        with torch.no_grad():
+            self.model.run(tokens, _source_hooks(self.model, self.graph, chunks.append))
+        return torch.cat(chunks)
+
+    def ablated_sources(
+        self,
+        ablation: str,
+        corrupted: torch.Tensor,
+        mean: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Ablated source values ``[S, B, P, D]`` for prompts shaped like ``corrupted``.
+
+        ``resample``: outputs on the corrupted prompts; ``zero``: zeros; ``mean``: ``mean``
+        (``[S, D]``, from :meth:`mean_sources`) at every position.
+        """
+        if ablation == "resample":
+            return self.source_outputs(corrupted)
+        shape = (self.graph.n_sources, *corrupted.shape, self.graph.shape.d_model)
+        if ablation == "zero":
+            return torch.zeros(shape, device=self.model.device, dtype=self.model.dtype)
+        if ablation == "mean":
+            if mean is None:
+                raise ValueError("mean ablation needs the dataset mean of every source")
+            return mean[:, None, None, :].expand(shape)
+        raise ValueError(f"ablation: '{ablation}' is not one of {', '.join(ABLATIONS)}")
+
+    def mean_sources(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Mean output ``[S, D]`` of every source over the real positions of ``(tokens,
+        token_mask)`` batches (the corrupted prompts, by convention)."""
+        total = None
+        count = 0
+        for tokens, mask in batches:
+            out = self.source_outputs(tokens)  # [S, B, P, D]
+            m = mask.to(out.dtype)[None, :, :, None]
+            s = (out * m).sum((1, 2))
+            total = s if total is None else total + s
+            count += int(mask.sum())
+        assert total is not None
+        return total / count
+
+    # --- patched forward -------------------------------------------------------------------
+    def run(self, tokens: torch.Tensor, ablated: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Logits of the patched model.
+
+        ``tokens [B, P]``, ``ablated [S, B, P, D]``, ``alpha [n_edges]`` or
+        ``[C, n_edges]`` (0 keeps an edge, 1 ablates it). Returns ``[B, P, V]`` or
+        ``[C, B, P, V]``. Differentiable in ``alpha``.
+        """
+        single = alpha.ndim == 1
+        alpha = alpha.unsqueeze(0) if single else alpha
+        c = alpha.shape[0]
+        alpha = alpha.to(self.model.dtype)
+        stack = _SourceStack(ablated, c)
+        track = alpha.requires_grad
+
+        def add(g: DestGroup, x: int, act: torch.Tensor) -> torch.Tensor:
+            w = self.graph.group_view(alpha, g)
+            if g.kind == "attn":
+                w = w[:, x if w.shape[1] == 3 else 0]  # [C, H, S]
+            if not track and not bool(w.any()):
+                return act
+            diff = stack.prefix(g.n_src)  # [S, C, B, P, D]
+            if g.kind == "attn":
+                delta = torch.einsum("chs,scbpd->cbphd", w, diff)
+            else:
+                delta = torch.einsum("cs,scbpd->cbpd", w, diff)
+            return act + delta.reshape(act.shape)
+
+        hooks = _source_hooks(self.model, self.graph, stack.add)
+        hooks += _dest_hooks(self.model, self.graph, add)
+        logits = self.model.run(tokens.repeat(c, 1), hooks)
+        logits = logits.reshape(c, *tokens.shape, -1)
+        return logits[0] if single else logits
+
+    # --- attribution -----------------------------------------------------------------------
+    def edge_gradients(
+        self,
+        tokens: torch.Tensor,
+        ablated: torch.Tensor,
+        metric_fn: Callable[[torch.Tensor], torch.Tensor],
+        baseline: torch.Tensor | None = None,
+        steps: int = 1,
+    ) -> torch.Tensor:
+        """``d metric / d alpha`` at alpha = 0 for every edge ``[n_edges]`` (EAP).
+
+        With ``steps > 1`` and a ``baseline`` input embedding (the corrupted prompts'),
+        the gradients at each destination are averaged over inputs interpolated from the
+        baseline to the clean input (EAP-IG, inputs variant); the activation difference
+        is always the clean one. ``steps = 1`` is exactly EAP.
+        """
+        diff = (ablated - self.source_outputs(tokens)).flatten(1)  # [S, B*P*D]
+        grads = [None] * len(self.graph.groups)
+        emb_hook = self.model.hook_input()
+        for k in range(1, steps + 1):
+            probes = self._probes(tokens.shape)
+            hooks = _dest_hooks(self.model, self.graph, lambda g, x, a, probes=probes: a + probes[g][x])
+            if steps > 1:
+                if baseline is None:
+                    raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
+                t = k / steps
+
+                def interpolate(a: torch.Tensor, t: float = t) -> torch.Tensor:
+                    return baseline + t * (a - baseline)
+
+                hooks.insert(0, (emb_hook, interpolate))
+            with torch.enable_grad():
+                metric_fn(self.model.run(tokens, hooks)).backward()
+            for i, g in enumerate(self.graph.groups):
+                gr = torch.stack([p.grad for p in probes[g]])
+                grads[i] = gr if grads[i] is None else grads[i] + gr
+        scores = torch.empty(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
+        for g, gr in zip(self.graph.groups, grads, strict=True):
+            gr = gr / steps
+            if g.kind == "attn":  # [3, B, P, H, D] -> [3, H, B*P*D]
+                flat = gr.permute(0, 3, 1, 2, 4).reshape(3 * g.n_heads, -1)
+                block = flat @ diff[: g.n_src].T  # [3H, S]
+                if g.n_qkv == 1:
+                    block = block.reshape(3, g.n_heads, g.n_src).sum(0)
+            else:
+                block = gr.reshape(1, -1) @ diff[: g.n_src].T
+            scores[g.offset : g.stop] = block.reshape(-1)
+        return scores
+
+    def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor]]:
+        """Zero tensors added at every destination input, to read gradients there."""
+        b, p = tokens_shape
+        d = self.graph.shape.d_model
+        kw = dict(device=self.model.device, dtype=self.model.dtype, requires_grad=True)
+        out: dict[DestGroup, list[torch.Tensor]] = {}
+        for g in self.graph.groups:
+            if g.kind == "attn":
+                out[g] = [torch.zeros(b, p, g.n_heads, d, **kw) for _ in range(3)]
+            else:
+                out[g] = [torch.zeros(b, p, d, **kw)]
+        return out

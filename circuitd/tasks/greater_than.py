@@ -1,0 +1,131 @@
+"""``greater_than``: year-span completion (Hanna et al. 2023).
+
+"The war lasted from the year 1732 to the year 17" -> any two-digit token greater than
+32 is correct, any one at most 32 incorrect. The corrupted prompt writes the start year
+as 1701, which leaves almost every ending plausible, so the circuit's job is the
+comparison with YY. Default metric: probability difference (sum of the probabilities of
+the correct endings minus the incorrect ones).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from circuitd.errors import TaskError
+from circuitd.models.tokenizer import Tokenizer, single_token
+from circuitd.tasks.base import TaskData
+from circuitd.tasks.vocab import (
+    CENTURIES,
+    DURATION_NOUNS,
+    TWO_DIGITS,
+    check_metric,
+    encodes,
+    same_length,
+    single_words,
+)
+
+TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
+YEARS: tuple[int, ...] = tuple(range(2, 99))  # YY in 02..98: both answer sets non-empty
+CORRUPT_YY = "01"
+
+
+@dataclass(frozen=True)
+class GreaterThanExample:
+    prompt: str
+    corrupted: str
+    noun: str
+    century: str
+    yy: int
+
+
+def sample_greater_than(
+    rng: random.Random,
+    nouns: Sequence[str] = DURATION_NOUNS,
+    centuries: Sequence[str] = CENTURIES,
+    years: Sequence[int] = YEARS,
+) -> GreaterThanExample:
+    """Draw one example; the training corpus and ``generate`` share this definition."""
+    noun, century, yy = rng.choice(nouns), rng.choice(centuries), rng.choice(years)
+    prompt = TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}")
+    corrupted = TEMPLATE.format(noun=noun, century=century, yy=CORRUPT_YY)
+    return GreaterThanExample(prompt, corrupted, noun, century, yy)
+
+
+def sample_greater_than_text(rng: random.Random) -> tuple[str, str]:
+    """A training sentence as (prompt, continuation): an end year after the start year."""
+    ex = sample_greater_than(rng)
+    end = rng.randint(ex.yy + 1, 99)
+    return ex.prompt, f"{end:02d}."
+
+
+def _splits_as_pair(tokenizer: Tokenizer, century: str, yy: str) -> bool:
+    """Whether " CCYY" encodes as the century token then the YY token (GPT-2 merges some)."""
+    try:
+        whole = tokenizer.encode(f" {century}{yy}", prepend_bos=False)
+        head = tokenizer.encode(f" {century}", prepend_bos=False)
+        tail = tokenizer.encode(yy, prepend_bos=False)
+    except ValueError:
+        return False
+    return len(head) == 1 and len(tail) == 1 and whole == head + tail
+
+
+def generate(
+    tokenizer: Tokenizer | None,
+    d_vocab: int,
+    n: int = 64,
+    seed: int = 0,
+    metric: str = "prob_diff",
+    centuries: str | Sequence[str] | None = None,
+) -> TaskData:
+    """``n`` prompt pairs; ``centuries`` (e.g. "17" or ["16", "17"]) limits the start years."""
+    if tokenizer is None:
+        raise TaskError("task", "greater_than needs a model with a tokenizer")
+    check_metric(metric)
+    cents = [centuries] if isinstance(centuries, str) else list(centuries or CENTURIES)
+    if not cents or any(c not in CENTURIES for c in cents):
+        raise TaskError("centuries", f"choose from {', '.join(CENTURIES)}")
+    digits = [
+        d for d in TWO_DIGITS
+        if (tok := single_token(tokenizer, d)) is not None and tok < d_vocab
+    ]
+    if len(digits) < len(TWO_DIGITS):
+        raise TaskError(
+            "task", f"greater_than needs the 100 two-digit tokens 00..99, this model has "
+            f"{len(digits)}"
+        )
+    nouns = single_words(tokenizer, DURATION_NOUNS, d_vocab)
+    if not nouns:
+        raise TaskError("task", "greater_than: no event noun is a single token for this model")
+    pairs = [
+        (c, y) for c in cents for y in YEARS
+        if _splits_as_pair(tokenizer, c, f"{y:02d}") and _splits_as_pair(tokenizer, c, CORRUPT_YY)
+    ]
+    if encodes(tokenizer, TEMPLATE.format(noun=nouns[0], century="17", yy="32")) is None:
+        raise TaskError("task", "greater_than: this tokenizer cannot express the template")
+    if not pairs:
+        raise TaskError("task", "greater_than: no start year splits into century and YY tokens")
+
+    rng = random.Random(seed)
+    examples: list[GreaterThanExample] = []
+    for _ in range(50 * n):
+        if len(examples) == n:
+            break
+        century, yy = rng.choice(pairs)
+        ex = sample_greater_than(rng, nouns, [century], [yy])
+        if same_length(tokenizer, ex.prompt, ex.corrupted):
+            examples.append(ex)
+    if len(examples) < n:
+        raise TaskError(
+            "task", f"greater_than: only {len(examples)} of {n} prompt pairs had equal lengths"
+        )
+    return TaskData(
+        name="greater_than",
+        description="year-span completion: endings greater than YY are correct; YY=01 corrupts",
+        clean=[e.prompt for e in examples],
+        corrupted=[e.corrupted for e in examples],
+        correct=[[d for d in TWO_DIGITS if int(d) > e.yy] for e in examples],
+        incorrect=[[d for d in TWO_DIGITS if int(d) <= e.yy] for e in examples],
+        metric=metric,
+    )

@@ -1,0 +1,143 @@
+"""``ioi``: indirect object identification (Wang et al. 2023).
+
+"When Mary and John went to the store, John gave a drink to" -> " Mary". The clean
+answer is the indirect object (IO), the incorrect one the repeated subject (S). ABBA
+prompts name IO first, BABA prompts name S first. The corrupted prompt is the same
+template with the three name slots filled by three other distinct names (the "ABC"
+corruption), so it carries no information about which name is the answer.
+
+Answers are written with a leading space (" Mary"): that is the token that follows
+"to" in GPT-2's BPE, and word-level tokenizers ignore the space.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from circuitd.errors import TaskError
+from circuitd.models.tokenizer import Tokenizer
+from circuitd.tasks.base import TaskData
+from circuitd.tasks.vocab import (
+    NAMES,
+    OBJECTS,
+    PLACES,
+    check_metric,
+    encodes,
+    same_length,
+    single_words,
+)
+
+# {A} is named first, {B} second, {C} is the subject of the final clause (a repeat).
+TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {place}, {C} gave a {object} to",
+    "Then, {A} and {B} went to the {place}. {C} gave a {object} to",
+    "After {A} and {B} went to the {place}, {C} gave a {object} to",
+    "While {A} and {B} were working at the {place}, {C} gave a {object} to",
+    "Friends {A} and {B} found a {object} at the {place}. {C} gave it to",
+    "When {A} and {B} got a {object} at the {place}, {C} decided to give it to",
+    "The {place} {A} and {B} went to had a {object}. {C} gave it to",
+    "Afterwards, {A} and {B} went to the {place}. {C} gave a {object} to",
+)
+ORDERS = ("ABBA", "BABA")
+MIN_NAMES = 5  # IO, S and three distinct corrupting names
+
+
+@dataclass(frozen=True)
+class IOIExample:
+    """One IOI prompt with its ABC corruption."""
+
+    prompt: str
+    corrupted: str
+    io: str
+    s: str
+    order: str
+    template: int
+
+
+def render(template: str, a: str, b: str, c: str, place: str, obj: str) -> str:
+    return template.format(A=a, B=b, C=c, place=place, object=obj)
+
+
+def sample_ioi(
+    rng: random.Random,
+    names: Sequence[str] = NAMES,
+    places: Sequence[str] = PLACES,
+    objects: Sequence[str] = OBJECTS,
+    templates: Sequence[int] | None = None,
+    orders: Sequence[str] = ORDERS,
+) -> IOIExample:
+    """Draw one IOI example; the training corpus and ``generate`` share this definition."""
+    t = rng.choice(templates) if templates is not None else rng.randrange(len(TEMPLATES))
+    order = rng.choice(orders)
+    io, s, *others = rng.sample(list(names), MIN_NAMES)
+    place, obj = rng.choice(places), rng.choice(objects)
+    a, b = (io, s) if order == "ABBA" else (s, io)
+    prompt = render(TEMPLATES[t], a, b, s, place, obj)
+    corrupted = render(TEMPLATES[t], others[0], others[1], others[2], place, obj)
+    return IOIExample(prompt, corrupted, io, s, order, t)
+
+
+def sample_ioi_text(rng: random.Random) -> tuple[str, str]:
+    """A training sentence as (prompt, continuation): the continuation is " IO." """
+    ex = sample_ioi(rng)
+    return ex.prompt, f" {ex.io}."
+
+
+def _usable_templates(tokenizer: Tokenizer, name: str, place: str, obj: str) -> list[int]:
+    """Templates whose fixed words this tokenizer can express."""
+    return [
+        i for i, t in enumerate(TEMPLATES)
+        if encodes(tokenizer, render(t, name, name, name, place, obj)) is not None
+    ]
+
+
+def generate(
+    tokenizer: Tokenizer | None,
+    d_vocab: int,
+    n: int = 64,
+    seed: int = 0,
+    metric: str = "logit_diff",
+    templates: str = "both",
+) -> TaskData:
+    """``n`` IOI prompt pairs for ``tokenizer``; ``templates`` is "ABBA", "BABA" or "both"."""
+    if tokenizer is None:
+        raise TaskError("task", "ioi needs a model with a tokenizer")
+    check_metric(metric)
+    orders = {"ABBA": ("ABBA",), "BABA": ("BABA",), "both": ORDERS}.get(templates)
+    if orders is None:
+        raise TaskError("templates", f"'{templates}' is not one of ABBA, BABA, both")
+    names = single_words(tokenizer, NAMES, d_vocab)
+    places = single_words(tokenizer, PLACES, d_vocab)
+    objects = single_words(tokenizer, OBJECTS, d_vocab)
+    if len(names) < MIN_NAMES:
+        raise TaskError(
+            "task", f"ioi needs {MIN_NAMES} names that are single tokens for this model, "
+            f"found {len(names)}"
+        )
+    if not places or not objects:
+        raise TaskError("task", "ioi: no place or object word is a single token for this model")
+    usable = _usable_templates(tokenizer, names[0], places[0], objects[0])
+    if not usable:
+        raise TaskError("task", "ioi: this tokenizer cannot express any of the ioi templates")
+
+    rng = random.Random(seed)
+    examples: list[IOIExample] = []
+    for _ in range(50 * n):
+        if len(examples) == n:
+            break
+        ex = sample_ioi(rng, names, places, objects, usable, orders)
+        if same_length(tokenizer, ex.prompt, ex.corrupted):
+            examples.append(ex)
+    if len(examples) < n:
+        raise TaskError("task", f"ioi: only {len(examples)} of {n} prompt pairs had equal lengths")
+    return TaskData(
+        name="ioi",
+        description=f"indirect object identification ({templates}), ABC corruption",
+        clean=[e.prompt for e in examples],
+        corrupted=[e.corrupted for e in examples],
+        correct=[f" {e.io}" for e in examples],
+        incorrect=[f" {e.s}" for e in examples],
+        metric=metric,
+    )
