@@ -14,7 +14,9 @@ from circuitd.tasks import load_task_data, resolve_task
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def random_setup(model_id: str, split_qkv: bool = True, n: int = 5, seed: int = 0, metric: str = "logit_diff"):
+def random_setup(
+    model_id: str, split_qkv: bool = True, n: int = 5, seed: int = 0, metric: str = "logit_diff"
+):
     model = load_model(model_id)
     graph = EdgeGraph(model.shape, split_qkv)
     engine = PatchingEngine(model, graph)

@@ -160,7 +160,7 @@ def test_eap_ig_matches_hand_riemann_sum() -> None:
         def interp(act, hook, t=k / steps):
             return corr_cache[hook.name] + t * (act - corr_cache[hook.name])
 
-        def keep(act, hook):
+        def keep(act, hook, acts=acts):
             act.requires_grad_(True)
             acts[hook.name] = act
             return act
@@ -169,7 +169,7 @@ def test_eap_ig_matches_hand_riemann_sum() -> None:
         names += ["blocks.0.hook_mlp_in", "blocks.1.hook_mlp_in", "blocks.1.hook_resid_post"]
         with torch.enable_grad():
             emb = clean_cache["blocks.0.hook_resid_pre"].clone().requires_grad_(True)
-            hooks = [("blocks.0.hook_resid_pre", lambda a, hook: interp(emb, hook))]
+            hooks = [("blocks.0.hook_resid_pre", lambda a, hook, emb=emb: interp(emb, hook))]
             hooks += [(n, keep) for n in names]
             out = tl.run_with_hooks(b.clean, fwd_hooks=hooks)
             grads = torch.autograd.grad(m(out), [acts[n] for n in names])

@@ -1,0 +1,75 @@
+"""What every method receives and returns.
+
+A method is ``run(ctx) -> MethodResult``: it reads the model, edge graph, task, metric,
+ablation and its own parameters from the context, reports progress through it, and
+returns one score per edge of the graph (larger |score| = more important).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from circuitd import metrics
+from circuitd.batch import TaskBatch, iter_batches
+from circuitd.edges import EdgeGraph
+from circuitd.errors import CircuitdError
+from circuitd.models.adapter import ModelAdapter
+from circuitd.patching import PatchingEngine
+from circuitd.tasks.base import Task
+
+Progress = Callable[[float, str], None]
+ShouldStop = Callable[[], bool]
+
+
+class Cancelled(CircuitdError):
+    """The run was asked to stop."""
+
+
+@dataclass
+class MethodContext:
+    model: ModelAdapter
+    graph: EdgeGraph
+    task: Task
+    metric: str
+    ablation: str = "resample"
+    params: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
+    progress: Progress | None = None
+    should_stop: ShouldStop | None = None
+
+    def report(self, fraction: float, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(fraction, stage)
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled")
+
+    def metric_fn(self, batch: TaskBatch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The task metric of logits on this batch (KL against the clean model)."""
+        clean_lp = None
+        if self.metric == "kl":
+            with torch.no_grad():
+                clean_lp = metrics.clean_logprobs_of(self.model.run(batch.clean), batch)
+
+        def fn(logits: torch.Tensor) -> torch.Tensor:
+            return metrics.metric(self.metric, logits, batch, clean_lp)
+
+        return fn
+
+    def source_means(self, engine: PatchingEngine) -> torch.Tensor | None:
+        """Dataset means of every source (corrupted prompts), for ``mean`` ablation."""
+        if self.ablation != "mean":
+            return None
+        batches = iter_batches(self.task, self.batch_size, self.model.device)
+        return engine.mean_sources([(b.corrupted, b.token_mask) for b in batches])
+
+
+@dataclass
+class MethodResult:
+    scores: torch.Tensor  # [n_edges]
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""From edge scores to a circuit: top-n or threshold, then dangling parts removed (REFERENCE §4)."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitd.edges import EdgeGraph
+
+
+def top_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` edges of largest |score| (ties broken by edge order), as a bool mask."""
+    n = max(0, min(int(n), scores.numel()))
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    order = torch.sort(scores.abs(), descending=True, stable=True).indices
+    keep[order[:n]] = True
+    return keep
+
+
+def above_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    return scores.abs() >= threshold
+
+
+def prune_dangling(graph: EdgeGraph, keep: torch.Tensor) -> torch.Tensor:
+    """Drop, until nothing changes, nodes without incoming edges (except ``input``), nodes
+    without outgoing edges (except ``logits``) and the edges that touch them."""
+    _, src, dst, _ = graph.edge_table
+    src_t = torch.tensor(src, device=keep.device)
+    dst_t = torch.tensor(dst, device=keep.device)
+    n_nodes = len(graph.nodes)
+    keep = keep.clone()
+    while True:
+        has_in = torch.bincount(dst_t[keep], minlength=n_nodes) > 0
+        has_out = torch.bincount(src_t[keep], minlength=n_nodes) > 0
+        has_in[0] = True  # input
+        has_out[-1] = True  # logits
+        alive = has_in & has_out
+        new = keep & alive[src_t] & alive[dst_t]
+        if torch.equal(new, keep):
+            return keep
+        keep = new
+
+
+def select(
+    graph: EdgeGraph, scores: torch.Tensor, n: int | None = None, threshold: float | None = None
+) -> torch.Tensor:
+    """The circuit as a bool mask over edges: exactly one of ``n`` and ``threshold``."""
+    if (n is None) == (threshold is None):
+        raise ValueError("give exactly one of top_n and threshold")
+    keep = top_n(scores, n) if n is not None else above_threshold(scores, float(threshold))
+    return prune_dangling(graph, keep)

@@ -1,0 +1,79 @@
+"""The job spec: one contract for the CLI, the API and the workers. Imports no torch.
+
+Everything that can be checked without the model is checked here, with messages that
+name the field; what needs the tokenizer is checked when the task is resolved.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from circuitd.errors import ModelError
+from circuitd.models.registry import parse_model_id
+from circuitd.settings import get_settings
+from circuitd.tasks import GENERATORS
+from circuitd.tasks.base import METRICS, TaskData
+
+DEFAULT_TOP_FRACTION = 0.05
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    task: str | TaskData = Field(description="a generator name or an inline task")
+    task_params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    n_prompts: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    metric: str | None = Field(default=None, description="overrides the task's metric")
+    method: Literal["eap", "eap-ig"] = "eap-ig"
+    ig_steps: int = Field(default=5, ge=1)
+    ablation: Literal["resample", "zero", "mean"] = "resample"
+    top_n: int | None = Field(default=None, ge=1)
+    threshold: float | None = Field(default=None, ge=0)
+    split_qkv: bool = True
+    batch_size: int = Field(default=32, ge=1)
+    device: str = "cpu"
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    curve: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, v: str) -> str:
+        try:
+            parse_model_id(v)
+        except ModelError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str | TaskData) -> str | TaskData:
+        if isinstance(v, str) and v not in GENERATORS:
+            raise ValueError(f"unknown generator '{v}' (choose from {', '.join(GENERATORS)})")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in METRICS:
+            raise ValueError(f"'{v}' is not one of {', '.join(METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> JobSpec:
+        s = get_settings()
+        if self.top_n is not None and self.threshold is not None:
+            raise ValueError("top_n and threshold: give at most one")
+        n = self.n_prompts or (len(self.task.clean) if isinstance(self.task, TaskData) else 0)
+        if n > s.max_prompts:
+            raise ValueError(f"n_prompts: {n} prompts exceed the limit of {s.max_prompts}")
+        if self.ig_steps > s.max_ig_steps:
+            raise ValueError(f"ig_steps: {self.ig_steps} exceeds the limit of {s.max_ig_steps}")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return self.task if isinstance(self.task, str) else self.task.name
