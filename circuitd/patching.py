@@ -57,7 +57,7 @@ def _source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list
     """Hooks that hand each source output ``[k, batch, pos, d_model]`` to ``sink``, in order."""
     hooks: list[tuple[str, HookFn]] = [(model.hook_input(), lambda a: sink(a.unsqueeze(0)))]
     for layer in range(graph.shape.n_layers):
-        hooks.append((model.hook_head_result(layer), lambda a: sink(a.permute(2, 0, 1, 3))))
+        hooks.append((model.hook_head_z(layer), lambda z, layer=layer: sink(model.head_results(layer, z))))
         if not graph.shape.attn_only:
             hooks.append((model.hook_mlp_out(layer), lambda a: sink(a.unsqueeze(0))))
     return hooks
@@ -81,6 +81,33 @@ def _dest_hooks(
     return hooks
 
 
+class _BufferSink:
+    """Writes successive source outputs into a preallocated ``[S, B, P, D]`` buffer."""
+
+    def __init__(self, buffer: torch.Tensor):
+        self.buffer = buffer
+        self.n = 0
+
+    def __call__(self, current: torch.Tensor) -> None:
+        k = current.shape[0]
+        self.buffer[self.n : self.n + k].copy_(current.detach())
+        self.n += k
+
+
+class _HeadProbe:
+    """A zero ``[H, B, P, D]`` leaf added to a ``[B, P, H, D]`` head input."""
+
+    def __init__(self, leaf: torch.Tensor):
+        self.leaf = leaf
+
+    def __radd__(self, act: torch.Tensor) -> torch.Tensor:
+        return act + self.leaf.permute(1, 2, 0, 3)
+
+    @property
+    def grad(self) -> torch.Tensor:
+        return self.leaf.grad
+
+
 class PatchingEngine:
     """Runs a model with any set of edges ablated, for many circuits at once."""
 
@@ -93,10 +120,14 @@ class PatchingEngine:
     # --- source values -------------------------------------------------------------------
     def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
-        chunks: list[torch.Tensor] = []
+        buffer = self._source_buffer(tokens)
         with torch.no_grad():
-            self.model.run(tokens, _source_hooks(self.model, self.graph, chunks.append))
-        return torch.cat(chunks)
+            self.model.run(tokens, _source_hooks(self.model, self.graph, _BufferSink(buffer)))
+        return buffer
+
+    def _source_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
+        shape = (self.graph.n_sources, *tokens.shape, self.graph.shape.d_model)
+        return torch.empty(shape, device=self.model.device, dtype=self.model.dtype)
 
     def ablated_sources(
         self,
@@ -184,13 +215,15 @@ class PatchingEngine:
         baseline to the clean input (EAP-IG, inputs variant); the activation difference
         is always the clean one. ``steps = 1`` is exactly EAP.
         """
-        diff = (ablated - self.source_outputs(tokens)).flatten(1)  # [S, B*P*D]
-        grads = [None] * len(self.graph.groups)
+        grads: list[list[torch.Tensor]] = []
         emb_hook = self.model.hook_input()
+        clean = self._source_buffer(tokens)
         for k in range(1, steps + 1):
             probes = self._probes(tokens.shape)
             hooks = _dest_hooks(self.model, self.graph, lambda g, x, a, probes=probes: a + probes[g][x])
-            if steps > 1:
+            if k == steps:  # t = 1 is the clean input: read the clean source outputs on the way
+                hooks = _source_hooks(self.model, self.graph, _BufferSink(clean)) + hooks
+            else:
                 if baseline is None:
                     raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
                 t = k / steps
@@ -201,20 +234,24 @@ class PatchingEngine:
                 hooks.insert(0, (emb_hook, interpolate))
             with torch.enable_grad():
                 metric_fn(self.model.run(tokens, hooks)).backward()
-            for i, g in enumerate(self.graph.groups):
-                gr = torch.stack([p.grad for p in probes[g]])
-                grads[i] = gr if grads[i] is None else grads[i] + gr
-        scores = torch.empty(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
-        for g, gr in zip(self.graph.groups, grads, strict=True):
-            gr = gr / steps
-            if g.kind == "attn":  # [3, B, P, H, D] -> [3, H, B*P*D]
-                flat = gr.permute(0, 3, 1, 2, 4).reshape(3 * g.n_heads, -1)
-                block = flat @ diff[: g.n_src].T  # [3H, S]
-                if g.n_qkv == 1:
-                    block = block.reshape(3, g.n_heads, g.n_src).sum(0)
+            step_grads = [p.grad for g in self.graph.groups for p in probes[g]]
+            if not grads:
+                grads = [[gr] for gr in step_grads]
             else:
-                block = gr.reshape(1, -1) @ diff[: g.n_src].T
-            scores[g.offset : g.stop] = block.reshape(-1)
+                for acc, gr in zip(grads, step_grads, strict=True):
+                    acc[0] += gr
+        diff = torch.sub(ablated, clean, out=clean).flatten(1)  # [S, B*P*D], in the clean buffer
+        scores = torch.empty(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
+        flat_grads = iter(acc[0] for acc in grads)
+        for g in self.graph.groups:
+            src = diff[: g.n_src].T  # [B*P*D, S]
+            if g.kind == "attn":  # per q/k/v: grads [H, B, P, D] -> [H, B*P*D]
+                block = torch.stack([next(flat_grads).reshape(g.n_heads, -1) @ src for _ in range(3)])
+                if g.n_qkv == 1:
+                    block = block.sum(0)
+            else:
+                block = next(flat_grads).reshape(1, -1) @ src
+            scores[g.offset : g.stop] = block.reshape(-1) / steps
         return scores
 
     def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor]]:
@@ -224,8 +261,9 @@ class PatchingEngine:
         kw = dict(device=self.model.device, dtype=self.model.dtype, requires_grad=True)
         out: dict[DestGroup, list[torch.Tensor]] = {}
         for g in self.graph.groups:
-            if g.kind == "attn":
-                out[g] = [torch.zeros(b, p, g.n_heads, d, **kw) for _ in range(3)]
+            if g.kind == "attn":  # laid out [H, B, P, D] so the gradient reshapes for free
+                heads = [torch.zeros(g.n_heads, b, p, d, **kw) for _ in range(3)]
+                out[g] = [_HeadProbe(t) for t in heads]
             else:
                 out[g] = [torch.zeros(b, p, d, **kw)]
         return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from circuitd.errors import ModelError
 from circuitd.models.tokenizer import HFTokenizer, Tokenizer
@@ -46,7 +47,10 @@ class ModelShape:
 
 
 def _enable_edge_hooks(model: Any) -> None:
-    model.set_use_attn_result(True)
+    # Per-head results are computed from hook_z by ``head_results`` (a batched matmul);
+    # TransformerLens's use_attn_result builds a [batch, pos, head, d_head, d_model]
+    # broadcast product instead, which is several times slower than the whole model.
+    model.set_use_attn_result(False)
     model.set_use_split_qkv_input(True)
     if not model.cfg.attn_only:
         model.set_use_hook_mlp_in(True)
@@ -54,11 +58,38 @@ def _enable_edge_hooks(model: Any) -> None:
         model.set_ungroup_grouped_query_attention(True)
 
 
+def _fuse_layer_norms(model: Any) -> None:
+    """Run LayerNorms as one fused ``F.layer_norm`` call.
+
+    With split q/k/v inputs every head normalises its own copy of the residual stream;
+    TransformerLens's elementwise LayerNorm then dominates the forward and backward
+    passes. The fused call computes the same values; ``hook_normalized`` still fires,
+    ``hook_scale`` no longer does.
+    """
+    from transformer_lens.components import LayerNorm, LayerNormPre
+
+    for module in model.modules():
+        if isinstance(module, LayerNorm | LayerNormPre):
+            module.forward = _fused_forward(module, affine=isinstance(module, LayerNorm))
+
+
+def _fused_forward(module: Any, affine: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        dtype = module.cfg.dtype
+        if dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float32)
+        y = module.hook_normalized(F.layer_norm(x, (x.shape[-1],), eps=module.eps)).to(dtype)
+        return y * module.w + module.b if affine else y
+
+    return forward
+
+
 class ModelAdapter:
     """A loaded model with the hook points that edge patching uses."""
 
     def __init__(self, model: Any, tokenizer: Tokenizer | None, model_id: str):
         _enable_edge_hooks(model)
+        _fuse_layer_norms(model)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -91,9 +122,17 @@ class ModelAdapter:
         return "blocks.0.hook_resid_pre"
 
     @staticmethod
-    def hook_head_result(layer: int) -> str:
-        """Per-head outputs ``[batch, pos, head, d_model]``."""
-        return f"blocks.{layer}.attn.hook_result"
+    def hook_head_z(layer: int) -> str:
+        """Per-head attention-weighted values ``[batch, pos, head, d_head]``."""
+        return f"blocks.{layer}.attn.hook_z"
+
+    def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Each head's output ``[head, batch, pos, d_model]`` from its ``z`` (no ``b_O``,
+        which belongs to no head)."""
+        w_o = self.model.blocks[layer].attn.W_O  # [head, d_head, d_model]
+        b, p, h, e = z.shape
+        out = torch.bmm(z.permute(2, 0, 1, 3).reshape(h, b * p, e), w_o.to(z.dtype))
+        return out.view(h, b, p, -1)
 
     @staticmethod
     def hook_mlp_out(layer: int) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer, single_token
+from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.vocab import (
     CENTURIES,
@@ -22,6 +22,7 @@ from circuitd.tasks.vocab import (
     TWO_DIGITS,
     check_metric,
     encodes,
+    one_token,
     same_length,
     single_words,
 )
@@ -88,7 +89,7 @@ def generate(
         raise TaskError("centuries", f"choose from {', '.join(CENTURIES)}")
     digits = [
         d for d in TWO_DIGITS
-        if (tok := single_token(tokenizer, d)) is not None and tok < d_vocab
+        if (tok := one_token(tokenizer, d)) is not None and tok < d_vocab
     ]
     if len(digits) < len(TWO_DIGITS):
         raise TaskError(

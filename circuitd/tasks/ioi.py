@@ -37,7 +37,7 @@ TEMPLATES: tuple[str, ...] = (
     "While {A} and {B} were working at the {place}, {C} gave a {object} to",
     "Friends {A} and {B} found a {object} at the {place}. {C} gave it to",
     "When {A} and {B} got a {object} at the {place}, {C} decided to give it to",
-    "The {place} {A} and {B} went to had a {object}. {C} gave it to",
+    "The {place} that {A} and {B} went to had a {object}. {C} gave it to",
     "Afterwards, {A} and {B} went to the {place}. {C} gave a {object} to",
 )
 ORDERS = ("ABBA", "BABA")

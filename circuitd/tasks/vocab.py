@@ -68,10 +68,19 @@ def single_words(tokenizer: Tokenizer, words: Sequence[str], d_vocab: int) -> li
     so a generator only ever asks a model for answers it can express."""
     out = []
     for w in words:
-        tok = single_token(tokenizer, " " + w)
+        tok = one_token(tokenizer, " " + w)
         if tok is not None and tok < d_vocab:
             out.append(w)
     return out
+
+
+def one_token(tokenizer: Tokenizer, word: str) -> int | None:
+    """``single_token``, with None too for words that a word-level tokenizer lacks
+    (its ``encode`` raises ValueError for them rather than returning ``<unk>``)."""
+    try:
+        return single_token(tokenizer, word)
+    except ValueError:
+        return None
 
 
 def encodes(tokenizer: Tokenizer, text: str) -> list[int] | None:

@@ -102,9 +102,12 @@ def _brute_force_edge(tl_model, edge: str, clean: torch.Tensor, corrupted_cache)
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("split", [True, False])
-def test_single_edge_patching_matches_brute_force(seed: int, split: bool) -> None:
+def test_single_edge_patching_matches_brute_force(seed: int, split: bool, request) -> None:
+    request_cleanup = request.addfinalizer
     model, graph, engine, _, b = random_setup(f"random:tiny@{seed}", split, n=3, seed=seed)
     tl_model = model.model
+    tl_model.set_use_attn_result(True)  # the brute force reads TransformerLens's own head outputs
+    request_cleanup(lambda: tl_model.set_use_attn_result(False))
     _, corrupted_cache = tl_model.run_with_cache(b.corrupted)
     ablated = engine.ablated_sources("resample", b.corrupted)
     one_hot = torch.eye(graph.n_edges)
@@ -140,7 +143,7 @@ def test_eap_is_the_mask_gradient(random_model_id: str, metric_name: str) -> Non
         assert scale > 1e-5
 
 
-def test_eap_ig_matches_hand_riemann_sum() -> None:
+def test_eap_ig_matches_hand_riemann_sum(request) -> None:
     """EAP-IG (inputs) by its definition, with TransformerLens hooks and autograd."""
     model, graph, engine, _, b = random_setup("random:tiny@7", n=4)
     tl = model.model
@@ -151,6 +154,8 @@ def test_eap_ig_matches_hand_riemann_sum() -> None:
         return metrics.metric("logit_diff", logits, b)
 
     ig = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
+    tl.set_use_attn_result(True)
+    request.addfinalizer(lambda: tl.set_use_attn_result(False))
     _, clean_cache = tl.run_with_cache(b.clean)
     _, corr_cache = tl.run_with_cache(b.corrupted)
     grad_sum: dict[str, torch.Tensor] = {}
