@@ -121,7 +121,7 @@ class PatchingEngine:
     def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
         buffer = self._source_buffer(tokens)
-        with torch.no_grad():
+        with torch.no_grad(), self.model.shared_head_inputs():  # unpatched: no per-head copies
             self.model.run(tokens, _source_hooks(self.model, self.graph, _BufferSink(buffer)))
         return buffer
 
@@ -215,34 +215,15 @@ class PatchingEngine:
         baseline to the clean input (EAP-IG, inputs variant); the activation difference
         is always the clean one. ``steps = 1`` is exactly EAP.
         """
-        grads: list[list[torch.Tensor]] = []
-        emb_hook = self.model.hook_input()
         clean = self._source_buffer(tokens)
-        for k in range(1, steps + 1):
-            probes = self._probes(tokens.shape)
-            hooks = _dest_hooks(self.model, self.graph, lambda g, x, a, probes=probes: a + probes[g][x])
-            if k == steps:  # t = 1 is the clean input: read the clean source outputs on the way
-                hooks = _source_hooks(self.model, self.graph, _BufferSink(clean)) + hooks
-            else:
-                if baseline is None:
-                    raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
-                t = k / steps
-
-                def interpolate(a: torch.Tensor, t: float = t) -> torch.Tensor:
-                    return baseline + t * (a - baseline)
-
-                hooks.insert(0, (emb_hook, interpolate))
-            with torch.enable_grad():
-                metric_fn(self.model.run(tokens, hooks)).backward()
-            step_grads = [p.grad for g in self.graph.groups for p in probes[g]]
-            if not grads:
-                grads = [[gr] for gr in step_grads]
-            else:
-                for acc, gr in zip(grads, step_grads, strict=True):
-                    acc[0] += gr
+        if self.model.shared_head_input_grads_supported():
+            with self.model.shared_head_inputs():
+                grads = self._dest_grads_shared(tokens, metric_fn, baseline, steps, clean)
+        else:
+            grads = self._dest_grads_split(tokens, metric_fn, baseline, steps, clean)
         diff = torch.sub(ablated, clean, out=clean).flatten(1)  # [S, B*P*D], in the clean buffer
         scores = torch.empty(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
-        flat_grads = iter(acc[0] for acc in grads)
+        flat_grads = iter(grads)
         for g in self.graph.groups:
             src = diff[: g.n_src].T  # [B*P*D, S]
             if g.kind == "attn":  # per q/k/v: grads [H, B, P, D] -> [H, B*P*D]
@@ -253,6 +234,77 @@ class PatchingEngine:
                 block = next(flat_grads).reshape(1, -1) @ src
             scores[g.offset : g.stop] = block.reshape(-1) / steps
         return scores
+
+    def _input_hooks(
+        self, k: int, steps: int, baseline: torch.Tensor | None, clean: torch.Tensor
+    ) -> list[tuple[str, HookFn]]:
+        """Step k of ``steps``: the interpolated input, or at t = 1 the clean input, whose
+        source outputs are written to ``clean`` on the way."""
+        if k == steps:
+            return _source_hooks(self.model, self.graph, _BufferSink(clean))
+        if baseline is None:
+            raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
+        t = k / steps
+        return [(self.model.hook_input(), lambda a: baseline + t * (a - baseline))]
+
+    def _dest_grads_split(
+        self, tokens: torch.Tensor, metric_fn: Callable, baseline: torch.Tensor | None, steps: int,
+        clean: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Summed gradients at every destination input, read from zero probes added to the
+        per-head inputs (any architecture)."""
+        total: list[torch.Tensor] = []
+        for k in range(1, steps + 1):
+            probes = self._probes(tokens.shape)
+            hooks = self._input_hooks(k, steps, baseline, clean)
+            hooks += _dest_hooks(self.model, self.graph, lambda g, x, a, probes=probes: a + probes[g][x])
+            with torch.enable_grad():
+                metric_fn(self.model.run(tokens, hooks)).backward()
+            step = [p.grad for g in self.graph.groups for p in probes[g]]
+            total = step if not total else [a + b for a, b in zip(total, step, strict=True)]
+        return total
+
+    def _dest_grads_shared(
+        self, tokens: torch.Tensor, metric_fn: Callable, baseline: torch.Tensor | None, steps: int,
+        clean: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """As :meth:`_dest_grads_split`, on the plain model: at alpha = 0 every head reads
+        the same residual stream, so the per-head input gradients follow from the gradients
+        at q, k and v through the first LayerNorm (the adapter's ``head_input_grads``)."""
+        m = self.model
+        total: list[torch.Tensor] = []
+        for k in range(1, steps + 1):
+            probes: dict[str, torch.Tensor] = {}
+            resid: dict[int, torch.Tensor] = {}
+
+            def probe(a: torch.Tensor, name: str, probes: dict = probes) -> torch.Tensor:
+                probes[name] = torch.zeros_like(a, requires_grad=True)
+                return a + probes[name]
+
+            def keep_resid(a: torch.Tensor, layer: int, resid: dict = resid) -> None:
+                resid[layer] = a.detach()
+
+            hooks = self._input_hooks(k, steps, baseline, clean)
+            for g in self.graph.groups:
+                if g.kind == "attn":
+                    hooks.append((m.hook_resid_pre(g.layer), lambda a, lay=g.layer: keep_resid(a, lay)))
+                    names = [m.hook_head_qkv(g.layer, x) for x in ("q", "k", "v")]
+                else:
+                    names = [m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()]
+                hooks += [(n, lambda a, n=n: probe(a, n)) for n in names]
+            with torch.enable_grad():
+                metric_fn(m.run(tokens, hooks)).backward()
+            step: list[torch.Tensor] = []
+            for g in self.graph.groups:
+                if g.kind == "attn":
+                    for x in ("q", "k", "v"):
+                        grad = probes[m.hook_head_qkv(g.layer, x)].grad
+                        step.append(m.head_input_grads(g.layer, x, grad, resid[g.layer]))
+                else:
+                    name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
+                    step.append(probes[name].grad)
+            total = step if not total else [a + b for a, b in zip(total, step, strict=True)]
+        return total
 
     def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor]]:
         """Zero tensors added at every destination input, to read gradients there."""

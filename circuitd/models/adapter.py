@@ -8,7 +8,8 @@ same surface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,57 @@ class ModelAdapter:
     def hook_final_resid(self) -> str:
         """The residual stream that the unembedding reads: the ``logits`` destination."""
         return f"blocks.{self.shape.n_layers - 1}.hook_resid_post"
+
+    # Gradients at the heads' inputs without per-head input copies (used by EAP).
+    def shared_head_input_grads_supported(self) -> bool:
+        """Whether :meth:`head_input_grads` is exact for this architecture: LayerNorm (or
+        LayerNormPre) before attention, one key/value head per head, no extra q/k terms."""
+        cfg = self.model.cfg
+        return (
+            cfg.normalization_type in ("LN", "LNPre")
+            and not getattr(cfg, "n_key_value_heads", None)
+            and cfg.positional_embedding_type in ("standard", "rotary")
+            and not getattr(cfg, "use_qk_norm", False)
+        )
+
+    @contextmanager
+    def shared_head_inputs(self) -> Iterator[None]:
+        """Run with one attention input per layer (no per-head copies), as the plain model:
+        for unpatched passes, and for gradients when :meth:`head_input_grads` applies."""
+        self.model.set_use_split_qkv_input(False)
+        try:
+            yield
+        finally:
+            self.model.set_use_split_qkv_input(True)
+
+    @staticmethod
+    def hook_head_qkv(layer: int, qkv: str) -> str:
+        """Per-head queries, keys or values ``[batch, pos, head, d_head]``."""
+        return f"blocks.{layer}.attn.hook_{qkv}"
+
+    @staticmethod
+    def hook_resid_pre(layer: int) -> str:
+        return f"blocks.{layer}.hook_resid_pre"
+
+    def head_input_grads(
+        self, layer: int, qkv: str, grad: torch.Tensor, resid_pre: torch.Tensor
+    ) -> torch.Tensor:
+        """``d m / d (head input)`` ``[head, batch, pos, d_model]`` from the gradient at the
+        heads' ``q``/``k``/``v`` ``[batch, pos, head, d_head]``, back through ``W_{qkv}`` and
+        the layer's first LayerNorm at ``resid_pre``: what split q/k/v inputs would give
+        when every head reads the same residual stream."""
+        block = self.model.blocks[layer]
+        w = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}[qkv]  # [H, D, E]
+        b, p, h, e = grad.shape
+        up = torch.bmm(grad.permute(2, 0, 1, 3).reshape(h, b * p, e), w.transpose(1, 2))
+        up = up.view(h, b, p, -1)  # d m / d (LayerNorm output), per head
+        ln = block.ln1
+        if hasattr(ln, "w"):
+            up = up * ln.w
+        x = resid_pre - resid_pre.mean(-1, keepdim=True)
+        sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+        xhat = x / sigma
+        return (up - up.mean(-1, keepdim=True) - xhat * (up * xhat).mean(-1, keepdim=True)) / sigma
 
     def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""
