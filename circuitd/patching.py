@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from circuitd.edges import DestGroup, EdgeGraph
-from circuitd.models.adapter import HookFn, ModelAdapter
+from circuitd.models.adapter import FactoredGrad, HookFn, ModelAdapter
 
 ABLATIONS = ("resample", "zero", "mean")
 
@@ -92,6 +92,30 @@ class _BufferSink:
         k = current.shape[0]
         self.buffer[self.n : self.n + k].copy_(current.detach())
         self.n += k
+
+
+def _xhat_dots(diff: torch.Tensor, per_layer: list[FactoredGrad]) -> torch.Tensor:
+    """``[L, S, N]``: every source's diff dotted with each layer's ``xhat`` at every
+    position (one transposed copy of the diff and one batched product for all layers)."""
+    if not per_layer:
+        return diff.new_zeros(0)
+    s_n, d = diff.shape[0], diff.shape[-1]
+    by_pos = diff.reshape(s_n, -1, d).transpose(0, 1).contiguous()  # [N, S, D]
+    xhats = torch.stack([f.xhat for f in per_layer], dim=-1)  # [N, D, L]
+    return torch.bmm(by_pos, xhats).permute(2, 1, 0)  # [L, S, N]
+
+
+def _factored_scores(
+    parts: list[FactoredGrad], flat_diff: torch.Tensor, row_sums: torch.Tensor, dot_xhat: torch.Tensor
+) -> torch.Tensor:
+    """``[3H, S]`` scores of q/k/v head inputs whose gradients are factored: for each head
+    ``grad = full - a * 1 - b * xhat`` per position. ``flat_diff [S, N*D]``; ``row_sums`` and
+    ``dot_xhat`` ``[S, N]`` hold each source's diff summed over d_model, and dotted with
+    ``xhat``, at every position."""
+    out = torch.cat([p.full.reshape(p.full.shape[0], -1) @ flat_diff.T for p in parts])
+    a = torch.cat([p.a for p in parts])  # [3H, N]
+    b = torch.cat([p.b for p in parts])
+    return out - a @ row_sums.T - b @ dot_xhat.T
 
 
 class _HeadProbe:
@@ -214,97 +238,108 @@ class PatchingEngine:
         the gradients at each destination are averaged over inputs interpolated from the
         baseline to the clean input (EAP-IG, inputs variant); the activation difference
         is always the clean one. ``steps = 1`` is exactly EAP.
+
+        The clean step (t = 1) runs first and records the clean source outputs, so every
+        step's gradients are contracted with ``ablated - clean`` at once and none are kept.
         """
-        clean = self._source_buffer(tokens)
-        if self.model.shared_head_input_grads_supported():
-            with self.model.shared_head_inputs():
-                grads = self._dest_grads_shared(tokens, metric_fn, baseline, steps, clean)
-        else:
-            grads = self._dest_grads_split(tokens, metric_fn, baseline, steps, clean)
-        diff = torch.sub(ablated, clean, out=clean).flatten(1)  # [S, B*P*D], in the clean buffer
-        scores = torch.empty(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
-        flat_grads = iter(grads)
-        for g in self.graph.groups:
-            src = diff[: g.n_src].T  # [B*P*D, S]
-            if g.kind == "attn":  # per q/k/v: grads [H, B, P, D] -> [H, B*P*D]
-                block = torch.stack([next(flat_grads).reshape(g.n_heads, -1) @ src for _ in range(3)])
-                if g.n_qkv == 1:
-                    block = block.sum(0)
+        if steps > 1 and baseline is None:
+            raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
+        shared = self.model.shared_head_input_grads_supported()
+        diff = self._source_buffer(tokens)
+        scores = torch.zeros(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
+        row_sums: torch.Tensor | None = None
+        for k in (steps, *range(1, steps)):
+            inputs = self._input_hooks(k / steps, baseline, diff)
+            if shared:
+                with self.model.shared_head_inputs():
+                    grads = self._dest_grads_shared(tokens, metric_fn, inputs)
             else:
-                block = next(flat_grads).reshape(1, -1) @ src
-            scores[g.offset : g.stop] = block.reshape(-1) / steps
-        return scores
+                grads = self._dest_grads_split(tokens, metric_fn, inputs)
+            if row_sums is None:  # after the clean step: the buffer becomes ablated - clean
+                torch.sub(ablated, diff, out=diff)
+                row_sums = diff.sum(-1).flatten(1)  # [S, B*P]
+            self._contract(grads, diff, row_sums, scores)
+        return scores / steps
+
+    def _contract(
+        self, grads: list, diff: torch.Tensor, row_sums: torch.Tensor, scores: torch.Tensor
+    ) -> None:
+        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``."""
+        flat = diff.flatten(1)  # [S, B*P*D]
+        it = iter(grads)
+        xhat_dots = _xhat_dots(diff, [x for x in grads if isinstance(x, FactoredGrad)][::3])
+        for g in self.graph.groups:
+            src = flat[: g.n_src].T  # [B*P*D, S]
+            if g.kind != "attn":
+                block = next(it).reshape(1, -1) @ src
+            else:
+                parts = [next(it) for _ in range(3)]
+                if isinstance(parts[0], FactoredGrad):
+                    dots = xhat_dots[g.layer, : g.n_src]
+                    block = _factored_scores(parts, flat[: g.n_src], row_sums[: g.n_src], dots)
+                else:  # [H, B, P, D] each
+                    block = torch.cat([p.reshape(g.n_heads, -1) for p in parts]) @ src
+                if g.n_qkv == 1:
+                    block = block.reshape(3, g.n_heads, g.n_src).sum(0)
+            scores[g.offset : g.stop] += block.reshape(-1)
 
     def _input_hooks(
-        self, k: int, steps: int, baseline: torch.Tensor | None, clean: torch.Tensor
+        self, t: float, baseline: torch.Tensor | None, clean: torch.Tensor
     ) -> list[tuple[str, HookFn]]:
-        """Step k of ``steps``: the interpolated input, or at t = 1 the clean input, whose
-        source outputs are written to ``clean`` on the way."""
-        if k == steps:
+        """The input at interpolation ``t``; at t = 1 the clean input, whose source outputs
+        are written to ``clean`` on the way."""
+        if t == 1:
             return _source_hooks(self.model, self.graph, _BufferSink(clean))
-        if baseline is None:
-            raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
-        t = k / steps
         return [(self.model.hook_input(), lambda a: baseline + t * (a - baseline))]
 
     def _dest_grads_split(
-        self, tokens: torch.Tensor, metric_fn: Callable, baseline: torch.Tensor | None, steps: int,
-        clean: torch.Tensor,
+        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]]
     ) -> list[torch.Tensor]:
-        """Summed gradients at every destination input, read from zero probes added to the
+        """Gradients at every destination input, read from zero probes added to the
         per-head inputs (any architecture)."""
-        total: list[torch.Tensor] = []
-        for k in range(1, steps + 1):
-            probes = self._probes(tokens.shape)
-            hooks = self._input_hooks(k, steps, baseline, clean)
-            hooks += _dest_hooks(self.model, self.graph, lambda g, x, a, probes=probes: a + probes[g][x])
-            with torch.enable_grad():
-                metric_fn(self.model.run(tokens, hooks)).backward()
-            step = [p.grad for g in self.graph.groups for p in probes[g]]
-            total = step if not total else [a + b for a, b in zip(total, step, strict=True)]
-        return total
+        probes = self._probes(tokens.shape)
+        hooks = hooks + _dest_hooks(self.model, self.graph, lambda g, x, a: a + probes[g][x])
+        with torch.enable_grad():
+            metric_fn(self.model.run(tokens, hooks)).backward()
+        return [p.grad for g in self.graph.groups for p in probes[g]]
 
     def _dest_grads_shared(
-        self, tokens: torch.Tensor, metric_fn: Callable, baseline: torch.Tensor | None, steps: int,
-        clean: torch.Tensor,
-    ) -> list[torch.Tensor]:
+        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]]
+    ) -> list:
         """As :meth:`_dest_grads_split`, on the plain model: at alpha = 0 every head reads
-        the same residual stream, so the per-head input gradients follow from the gradients
-        at q, k and v through the first LayerNorm (the adapter's ``head_input_grads``)."""
+        the same residual stream, so the per-head input gradients follow from those at q, k
+        and v through the first LayerNorm (the adapter's ``head_input_grads``)."""
         m = self.model
-        total: list[torch.Tensor] = []
-        for k in range(1, steps + 1):
-            probes: dict[str, torch.Tensor] = {}
-            resid: dict[int, torch.Tensor] = {}
+        probes: dict[str, torch.Tensor] = {}
+        resid: dict[int, torch.Tensor] = {}
 
-            def probe(a: torch.Tensor, name: str, probes: dict = probes) -> torch.Tensor:
-                probes[name] = torch.zeros_like(a, requires_grad=True)
-                return a + probes[name]
+        def probe(a: torch.Tensor, name: str) -> torch.Tensor:
+            probes[name] = torch.zeros_like(a, requires_grad=True)
+            return a + probes[name]
 
-            def keep_resid(a: torch.Tensor, layer: int, resid: dict = resid) -> None:
-                resid[layer] = a.detach()
+        def keep_resid(a: torch.Tensor, layer: int) -> None:
+            resid[layer] = a.detach()
 
-            hooks = self._input_hooks(k, steps, baseline, clean)
-            for g in self.graph.groups:
-                if g.kind == "attn":
-                    hooks.append((m.hook_resid_pre(g.layer), lambda a, lay=g.layer: keep_resid(a, lay)))
-                    names = [m.hook_head_qkv(g.layer, x) for x in ("q", "k", "v")]
-                else:
-                    names = [m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()]
-                hooks += [(n, lambda a, n=n: probe(a, n)) for n in names]
-            with torch.enable_grad():
-                metric_fn(m.run(tokens, hooks)).backward()
-            step: list[torch.Tensor] = []
-            for g in self.graph.groups:
-                if g.kind == "attn":
-                    for x in ("q", "k", "v"):
-                        grad = probes[m.hook_head_qkv(g.layer, x)].grad
-                        step.append(m.head_input_grads(g.layer, x, grad, resid[g.layer]))
-                else:
-                    name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
-                    step.append(probes[name].grad)
-            total = step if not total else [a + b for a, b in zip(total, step, strict=True)]
-        return total
+        hooks = list(hooks)
+        for g in self.graph.groups:
+            if g.kind == "attn":
+                hooks.append((m.hook_resid_pre(g.layer), lambda a, lay=g.layer: keep_resid(a, lay)))
+                names = [m.hook_head_qkv(g.layer, x) for x in ("q", "k", "v")]
+            else:
+                names = [m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()]
+            hooks += [(n, lambda a, n=n: probe(a, n)) for n in names]
+        with torch.enable_grad():
+            metric_fn(m.run(tokens, hooks)).backward()
+        out: list = []
+        for g in self.graph.groups:
+            if g.kind == "attn":
+                for x in ("q", "k", "v"):
+                    grad = probes[m.hook_head_qkv(g.layer, x)].grad
+                    out.append(m.head_input_grads(g.layer, x, grad, resid[g.layer]))
+            else:
+                name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
+                out.append(probes[name].grad)
+        return out
 
     def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor]]:
         """Zero tensors added at every destination input, to read gradients there."""

@@ -47,6 +47,17 @@ class ModelShape:
         )
 
 
+@dataclass
+class FactoredGrad:
+    """Per-head input gradients ``full - a[..., None] - b[..., None] * xhat`` ``[H, N, D]``,
+    N = batch * pos, kept in factors so they are never formed in full."""
+
+    full: torch.Tensor  # [H, N, D]
+    a: torch.Tensor  # [H, N]
+    b: torch.Tensor  # [H, N]
+    xhat: torch.Tensor  # [N, D]
+
+
 def _enable_edge_hooks(model: Any) -> None:
     # Per-head results are computed from hook_z by ``head_results`` (a batched matmul);
     # TransformerLens's use_attn_result builds a [batch, pos, head, d_head, d_model]
@@ -185,23 +196,28 @@ class ModelAdapter:
 
     def head_input_grads(
         self, layer: int, qkv: str, grad: torch.Tensor, resid_pre: torch.Tensor
-    ) -> torch.Tensor:
-        """``d m / d (head input)`` ``[head, batch, pos, d_model]`` from the gradient at the
-        heads' ``q``/``k``/``v`` ``[batch, pos, head, d_head]``, back through ``W_{qkv}`` and
-        the layer's first LayerNorm at ``resid_pre``: what split q/k/v inputs would give
-        when every head reads the same residual stream."""
+    ) -> FactoredGrad:
+        """``d m / d (head input)`` from the gradient at the heads' ``q``/``k``/``v``
+        ``[batch, pos, head, d_head]``, back through ``W_{qkv}`` and the layer's first
+        LayerNorm at ``resid_pre``: what split q/k/v inputs would give when every head reads
+        the same residual stream. With ``v = gamma * (grad @ W^T)`` and ``xhat``, ``sigma``
+        the LayerNorm's normalised input and scale, the gradient is
+        ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``, returned factored."""
         block = self.model.blocks[layer]
         w = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}[qkv]  # [H, D, E]
-        b, p, h, e = grad.shape
-        up = torch.bmm(grad.permute(2, 0, 1, 3).reshape(h, b * p, e), w.transpose(1, 2))
-        up = up.view(h, b, p, -1)  # d m / d (LayerNorm output), per head
         ln = block.ln1
         if hasattr(ln, "w"):
-            up = up * ln.w
-        x = resid_pre - resid_pre.mean(-1, keepdim=True)
-        sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+            w = w * ln.w[None, :, None]
+        b, p, h, e = grad.shape
+        x = resid_pre.reshape(b * p, -1)
+        x = x - x.mean(-1, keepdim=True)
+        sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [N, 1]
         xhat = x / sigma
-        return (up - up.mean(-1, keepdim=True) - xhat * (up * xhat).mean(-1, keepdim=True)) / sigma
+        g = grad.permute(2, 0, 1, 3).reshape(h, b * p, e) / sigma  # [H, N, E], scaled by 1/sigma
+        full = torch.bmm(g, w.transpose(1, 2))  # [H, N, D]
+        mean_v = g @ w.mean(1).unsqueeze(-1)  # [H, N, 1]
+        v_xhat = (g * torch.matmul(xhat, w)).sum(-1)  # [H, N]: sum_d v * xhat via W's columns
+        return FactoredGrad(full, mean_v.squeeze(-1), v_xhat / x.shape[-1], xhat)
 
     def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from circuitd.models.adapter import ModelAdapter, build_from_config
-from circuitd.models.tokenizer import Tokenizer, WordTokenizer, build_word_tokenizer, single_token
+from circuitd.models.tokenizer import Tokenizer, WordTokenizer, build_word_tokenizer
 from circuitd.tasks import greater_than, induction, ioi
 from circuitd.tasks.vocab import (
     ADJECTIVES,
@@ -42,6 +42,7 @@ from circuitd.tasks.vocab import (
     PLACES,
     TWO_DIGITS,
     VERBS,
+    one_token,
 )
 
 MODEL_ID = "zoo:synth"
@@ -52,12 +53,12 @@ ARCH: dict[str, Any] = dict(
 # Training settings (the card records them).
 DEFAULT_STEPS = 6000
 BATCH = 64
-LR = 1e-3
+LR = 1.5e-3
 WARMUP = 200
 MIN_LR_FRAC = 0.1
 WEIGHT_DECAY = 0.01
 ANSWER_WEIGHT = 4.0
-MIX = (("ioi", 0.45), ("induction", 0.25), ("greater_than", 0.2), ("generic", 0.1))
+MIX = (("ioi", 0.3), ("induction", 0.45), ("greater_than", 0.15), ("generic", 0.1))
 HELDOUT_SEED = 1_000_003  # training draws from Random(seed) with small seeds
 INDUCTION_EVAL = dict(seq_len=10, prefix_len=5)  # the generator's defaults
 
@@ -162,14 +163,14 @@ def _heldout_prompts(
     while len(prompts) < n:
         if task == "ioi":
             ex = ioi.sample_ioi(rng)
-            prompt, ok = ex.prompt, {single_token(tok, " " + ex.io)}
+            prompt, ok = ex.prompt, {one_token(tok, " " + ex.io)}
         elif task == "greater_than":
             gt = greater_than.sample_greater_than(rng)
             prompt = gt.prompt
-            ok = {single_token(tok, d) for d in TWO_DIGITS if int(d) > gt.yy}
+            ok = {one_token(tok, d) for d in TWO_DIGITS if int(d) > gt.yy}
         else:
             ind = induction.sample_induction(rng, **INDUCTION_EVAL)
-            prompt, ok = ind.prompt, {single_token(tok, " " + ind.correct)}
+            prompt, ok = ind.prompt, {one_token(tok, " " + ind.correct)}
             if not is_heldout(" ".join(ind.seq)):
                 continue
         if task != "induction" and not is_heldout(prompt):
@@ -210,6 +211,31 @@ def heldout_accuracy(
         prompts, right = _heldout_prompts(task, adapter.tokenizer, n, seed + offset)
         out[task] = _top1(adapter, prompts, right)
     return out
+
+
+@torch.no_grad()
+def greater_than_mass(
+    adapter: ModelAdapter, n: int = 200, seed: int = HELDOUT_SEED + 1
+) -> dict[str, float]:
+    """Mean probability on endings above YY and at or below it, on the held-out
+    greater_than prompts: top-1 alone would also reward always answering "99"."""
+    tok = adapter.tokenizer
+    assert tok is not None
+    prompts, right = _heldout_prompts("greater_than", tok, n, seed)
+    digits = [one_token(tok, d) for d in TWO_DIGITS]
+    ids = [tok.encode(p, prepend_bos=True) for p in prompts]
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), tok.bos_id or 0, dtype=torch.long)
+    for i, x in enumerate(ids):
+        tokens[i, : len(x)] = torch.tensor(x)
+    logits = adapter.run(tokens.to(adapter.device))
+    last = torch.tensor([len(x) - 1 for x in ids], device=logits.device)
+    probs = logits[torch.arange(len(ids)), last].softmax(-1)
+    above = sum(probs[i, sorted(ok)].sum().item() for i, ok in enumerate(right))
+    below = sum(
+        probs[i, [d for d in digits if d not in ok]].sum().item() for i, ok in enumerate(right)
+    )
+    return {"above": above / len(ids), "at_or_below": below / len(ids)}
 
 
 # ------------------------------------------------------------------------------ training
@@ -294,9 +320,11 @@ def train_synth(
         heldout=dict(n=200, seed=HELDOUT_SEED, split="crc32(prompt) % 10 == 0",
                      induction=INDUCTION_EVAL),
         heldout_top1={k: round(v, 4) for k, v in acc.items()},
+        heldout_greater_than_mass={
+            k: round(v, 4) for k, v in greater_than_mass(adapter).items()
+        },
     )
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out_dir / "CARD.md").write_text(_card_md(card))
+    write_card(out_dir, card)
     return card
 
 
@@ -305,31 +333,53 @@ def _fmt(acc: dict[str, float]) -> str:
 
 
 def _card_md(card: dict[str, Any]) -> str:
-    arch, tr = card["architecture"], card["training"]
+    arch, tr, ho = card["architecture"], card["training"], card["heldout"]
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in card["heldout_top1"].items())
     mix = ", ".join(f"{k} {v:.0%}" for k, v in tr["mix"].items())
+    settings = "\n".join(f"| {k} | {v} |" for k, v in (
+        ("loss", "next-token loss on every token; answer tokens (the IOI name, the end "
+         f"year's YY, the repeated words) weighted x{tr['answer_weight']:g}"),
+        ("optimizer", f"AdamW, betas {tuple(tr['betas'])}, weight decay "
+         f"{tr['weight_decay']:g} (not on LayerNorm or biases), gradient clipping "
+         f"{tr['grad_clip']:g}"),
+        ("learning rate", f"{tr['lr']:g}, {tr['warmup']} linear warm-up steps, cosine decay "
+         f"to {tr['min_lr_frac']:g} x lr"),
+        ("batch, steps", f"{tr['batch']} sequences, {tr['steps']} steps"),
+        ("seed", f"{tr['seed']} (data and initialisation)"),
+        ("hardware", f"CPU, {tr['threads']} thread, torch {tr['torch']}"),
+        ("wall time", f"{tr['wall_time_s'] / 60:.1f} minutes"),
+    ))
+    mass = card.get("heldout_greater_than_mass")
+    mass_line = (
+        f"On the same greater_than prompts the model puts {mass['above']:.3f} of its "
+        f"probability on endings above YY and {mass['at_or_below']:.3f} on the others "
+        "(mean over prompts), so top-1 is not a lucky constant guess.\n"
+        if mass else ""
+    )
     return f"""# zoo:synth
 
 A small GPT-2-style transformer trained from scratch by circuitd on the natural text of
 three circuit-discovery tasks: indirect object identification (IOI), greater-than (year
-spans) and induction (repeated random words). It exists so that circuit discovery runs
-offline on a CPU in seconds against a model that has real mechanisms to find: it solves
-IOI with attention, not with a lookup of the answer.
+spans) and induction (repeated random words). It lets circuit discovery run offline, on a
+CPU, in seconds, against a model that has mechanisms to find: the names, years and word
+sequences are drawn at random, so the answers can only come from attention to the prompt.
 
 ## Architecture
 
-TransformerLens `HookedTransformer`: {arch['n_layers']} layers, {arch['n_heads']} heads of
-dimension {arch['d_head']}, d_model {arch['d_model']}, d_mlp {arch['d_mlp']}, GELU, LayerNorm,
-learned positional embeddings, context {arch['n_ctx']}, vocabulary {arch['d_vocab']} words
-({card['n_params']:,} parameters, fp32 safetensors).
+TransformerLens `HookedTransformer`, GPT-2 style: {arch['n_layers']} layers,
+{arch['n_heads']} heads of {arch['d_head']} dimensions, d_model {arch['d_model']},
+d_mlp {arch['d_mlp']}, {arch['act_fn']}, LayerNorm, learned positional embeddings,
+context {arch['n_ctx']}, vocabulary {arch['d_vocab']}; {card['n_params']:,} parameters in
+fp32 (`model.safetensors`, `config.json` holds the HookedTransformerConfig fields).
 
 The tokenizer (`tokenizer.json`) is word-level: `<bos>` = 0, `<unk>` = 1, the two-digit
-tokens 00..99, then names and words. Punctuation is split from words and digit runs into
-pairs, so "the year 1732" reads as `the year 17 32`, as GPT-2 would read it.
+tokens 00..99, then names and words. Punctuation is split from words, and digit runs into
+pairs, so "the year 1732" reads as `the year 17 32`, as it does for GPT-2.
 
 ## Corpus
 
 Every sequence is one example and starts with `<bos>`. Mix: {mix}.
+
 - IOI: eight templates ("When Mary and John went to the store, John gave a drink to
   Mary."), ABBA and BABA orders, 40 names, 12 places, 12 objects.
 - greater_than: "The war lasted from the year 1732 to the year 1788." with 10 nouns,
@@ -338,36 +388,44 @@ Every sequence is one example and starts with `<bos>`. Mix: {mix}.
   least half of them.
 - generic: three simple sentence frames over the same words.
 
-The sampling functions are those of `circuitd.tasks` (`sample_ioi`, `sample_greater_than`,
-`sample_induction`), so the generators' prompts are the corpus's prompts.
+The corpus uses the task generators' own sampling functions (`sample_ioi`,
+`sample_greater_than`, `sample_induction_text` in `circuitd.tasks`), so the prompts that
+`--task ioi` writes are the sentences the model was trained on, minus their answers.
 
 ## Training
 
-Next-token loss on every token, answer tokens (the IOI name, the end year's YY, the
-repeated words) weighted x{tr['answer_weight']:g}. AdamW (betas {tr['betas']}, weight decay
-{tr['weight_decay']}), lr {tr['lr']:g} with {tr['warmup']} warm-up steps and cosine decay to
-{tr['min_lr_frac']:g} x lr, gradient clipping 1.0, batch {tr['batch']}, {tr['steps']} steps,
-seed {tr['seed']}, CPU with one thread: {tr['wall_time_s'] / 60:.1f} minutes (torch
-{tr['torch']}).
+| setting | value |
+|---|---|
+{settings}
 
 ## Held-out accuracy
 
-Top-1 at the answer position on {card['heldout']['n']} prompts per task. A prompt is
-held out when crc32 of its text is 0 mod 10; training never sees one, and evaluation
-draws only those (seed {card['heldout']['seed']}). IOI counts the IO name; greater_than
-any two-digit token above YY; induction the next word (seq_len 10, prefix 5).
+Top-1 at the answer position on {ho['n']} prompts per task. A prompt is held out when the
+crc32 of its text is 0 mod 10 (for induction, of the first copy): training never emits
+one, and evaluation draws only those, from seed {ho['seed']}, which training does not use.
+IOI counts the IO name; greater_than any two-digit token above YY; induction the next word
+(seq_len {ho['induction']['seq_len']}, prefix {ho['induction']['prefix_len']}).
 
 | task | top-1 |
 |---|---|
 {rows}
 
+{mass_line}
 ## Reproduce
 
 ```
 circuitd zoo train synth
 # or: python -m circuitd.models.zoo_train
 ```
+
+Deterministic for the seed on one CPU thread; `card.json` holds these figures.
 """
+
+
+def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    """``card.json`` (machine-readable) and ``CARD.md`` (for people), from one dict."""
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / "CARD.md").write_text(_card_md(card))
 
 
 def main() -> None:
