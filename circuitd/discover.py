@@ -86,7 +86,9 @@ def discover(
     )
     result = get_method(spec.method)(ctx)
     scores = result.scores.detach().float().cpu()
-    if spec.threshold is not None:
+    if result.keep is not None:
+        keep = result.keep.cpu()
+    elif spec.threshold is not None:
         keep = select(graph, scores, threshold=spec.threshold)
     else:
         n = spec.top_n or math.ceil(DEFAULT_TOP_FRACTION * graph.n_edges)
@@ -99,6 +101,7 @@ def discover(
         ctx.check_stop()
         curve = evaluator.curve(scores)
         found.update(cpr=curve["cpr"], cmd=curve["cmd"], curve=curve)
+    found.update(result.info)
     found["seconds"] = round(time.perf_counter() - started, 3)
     found["n_prompts"] = len(task)
     ctx.report(1.0, "done")

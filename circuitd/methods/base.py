@@ -72,4 +72,5 @@ class MethodContext:
 @dataclass
 class MethodResult:
     scores: torch.Tensor  # [n_edges]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able figures for graph.metrics
+    keep: torch.Tensor | None = None  # the method's own circuit (ACDC); else top-n/threshold
