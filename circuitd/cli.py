@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CircuitdError, ValueError) as exc:
-        print(f"circuitd: error: {exc}", file=sys.stderr)
+        print(f"circuitd: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("circuitd: interrupted", file=sys.stderr)

@@ -31,14 +31,14 @@ def edge_scores(ctx: MethodContext, steps: int) -> torch.Tensor:
 
 
 def run_eap(ctx: MethodContext) -> MethodResult:
-    return MethodResult(edge_scores(ctx, steps=1), {"steps": 1})
+    return MethodResult(edge_scores(ctx, steps=1))
 
 
 def run_eap_ig(ctx: MethodContext) -> MethodResult:
     steps = int(ctx.params.get("ig_steps", 5))
     if steps < 1:
         raise ValueError("ig_steps must be at least 1")
-    return MethodResult(edge_scores(ctx, steps=steps), {"steps": steps})
+    return MethodResult(edge_scores(ctx, steps=steps))
 
 
 __all__ = ["run_eap", "run_eap_ig"]

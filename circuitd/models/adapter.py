@@ -278,6 +278,26 @@ def build_from_config(
     return ModelAdapter(model, tokenizer, model_id)
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Keep the hub client's retry warnings off the terminal: a failure ends in one line."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers", "transformer_lens")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
     """A TransformerLens model by its name (needs the model hub or its local cache)."""
     from transformer_lens import HookedTransformer
@@ -291,9 +311,11 @@ def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
             "random:<preset>[@seed] or local:<dir>"
         ) from exc
     try:
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+        with _quiet_hub():
+            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
     except Exception as exc:  # network, cache and hub errors all end the same way
-        raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {exc}") from exc
+        reason = _first_line(exc)
+        raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {reason}") from exc
     return ModelAdapter(model, HFTokenizer(model.tokenizer), name)
 
 
@@ -302,6 +324,8 @@ def pretrained_config(name: str) -> dict[str, Any]:
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
     try:
-        return get_pretrained_model_config(name).to_dict()
+        with _quiet_hub():
+            return get_pretrained_model_config(name).to_dict()
     except Exception as exc:
-        raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {exc}") from exc
+        reason = _first_line(exc)
+        raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {reason}") from exc
