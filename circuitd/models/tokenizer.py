@@ -23,9 +23,13 @@ class Tokenizer(Protocol):
 
 
 def single_token(tokenizer: Tokenizer, word: str) -> int | None:
-    """The id of ``word`` as it would follow a space in a prompt, or None if not one token."""
+    """The id of ``word`` if it is one token as written (``" Mary"`` for GPT-2's BPE, where
+    ``"Mary"`` is another token), else of ``" " + word``; None if neither is one token."""
     for text in (word, " " + word.lstrip()) if not word.startswith(" ") else (word,):
-        ids = tokenizer.encode(text, prepend_bos=False)
+        try:
+            ids = tokenizer.encode(text, prepend_bos=False)
+        except ValueError:  # a word-level vocabulary without this word
+            continue
         if len(ids) == 1:
             return ids[0]
     return None

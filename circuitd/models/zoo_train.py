@@ -307,6 +307,7 @@ def train_synth(
     log("final held-out top-1 " + _fmt(acc))
     state = {n: p.detach().contiguous().clone() for n, p in model.named_parameters()}
     save_file(state, str(out_dir / "model.safetensors"))
+    (out_dir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the zoo is shared
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     card = dict(
         model=MODEL_ID, architecture=cfg, n_params=sum(p.numel() for p in state.values()),
