@@ -189,3 +189,20 @@ def test_eap_ig_matches_hand_riemann_sum(request) -> None:
         g = grad_sum[dhook]
         g = g[:, :, dhead] if dhead is not None else g
         torch.testing.assert_close(ig[i], (d * g).sum(), atol=1e-5, rtol=0, msg=edge)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_split_probe_path_matches_factored_path(steps: int, monkeypatch) -> None:
+    """Architectures without the LayerNorm shortcut read gradients from per-head probes;
+    both ways give the same scores."""
+    model, graph, engine, _, b = random_setup("random:small@6", n=4)
+    ablated = engine.ablated_sources("resample", b.corrupted)
+
+    def m(logits):
+        return metrics.metric("logit_diff", logits, b)
+
+    fast = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
+    monkeypatch.setattr(model, "shared_head_input_grads_supported", lambda: False)
+    probed = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
+    torch.testing.assert_close(probed, fast, atol=1e-5, rtol=0)
+    assert fast.abs().max() > 1e-3
