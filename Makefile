@@ -22,6 +22,7 @@ lint: install
 	$(BIN)/ruff check circuitd graphs workers api tests bench
 
 test: install lint
+	bash scripts/ensure-redis.sh
 	$(BIN)/python -m pytest
 
 demo: install

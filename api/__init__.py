@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): validates job specs, enqueues jobs by task name, serves graphs. No torch."""

@@ -88,9 +88,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from circuitd.discover import discover
     from graphs import write_json
 
+    acdc = dict(
+        tau=args.tau or [0.01], abs_diff=args.abs, acdc_metric=args.acdc_metric,
+        prefilter_top_n=args.prefilter_top_n, prefilter_threshold=args.prefilter_threshold,
+        prefilter_method=args.prefilter_method,
+    )
     spec = _spec_from_args(
         args, method=args.method, top_n=args.top_n, threshold=args.threshold, ig_steps=args.ig_steps,
-        curve=not args.no_curve,
+        curve=not args.no_curve, **acdc,
     )
     bar = _Bar()
     try:
@@ -185,11 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("discover", help="find a circuit (in-process)")
     _add_task_args(p)
-    p.add_argument("--method", choices=["eap", "eap-ig"], default="eap-ig")
+    p.add_argument("--method", choices=["eap", "eap-ig", "acdc"], default="eap-ig")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-n", type=int, help="keep the N edges of largest |score| (default 5%%)")
     group.add_argument("--threshold", type=float, help="keep edges with |score| >= X")
     p.add_argument("--ig-steps", type=int, default=5)
+    acdc = p.add_argument_group("ACDC")
+    acdc.add_argument("--tau", type=float, action="append", help="threshold; repeat for a sweep (0.01)")
+    acdc.add_argument("--abs", action="store_true", help="compare |metric change| with tau")
+    acdc.add_argument("--acdc-metric", choices=["kl", "logit_diff", "prob_diff", "nll"],
+                      help="the metric ACDC's tests use (default kl); --metric is for faithfulness")
+    pre = acdc.add_mutually_exclusive_group()
+    pre.add_argument("--prefilter-top-n", type=int, help="test only the top N edges by EAP score")
+    pre.add_argument("--prefilter-threshold", type=float, help="test only edges with |EAP score| >= X")
+    acdc.add_argument("--prefilter-method", choices=["eap", "eap-ig"], default="eap-ig")
     p.add_argument("--all-edges", action="store_true", help="write every scored edge, not just the circuit")
     p.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     p.add_argument("--out", required=True)
@@ -204,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_summary)
+
+    from circuitd.service_cli import add_service_commands
+
+    add_service_commands(sub)
 
     zoo = sub.add_parser("zoo", help="models shipped with circuitd").add_subparsers(
         dest="zoo_command", required=True

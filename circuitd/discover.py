@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import networkx as nx
@@ -64,6 +64,19 @@ def versions() -> dict[str, str]:
     }
 
 
+def method_params(spec: JobSpec) -> dict[str, Any]:
+    """The spec's parameters that the chosen method reads."""
+    if spec.method == "eap":
+        return {}
+    if spec.method == "eap-ig":
+        return {"ig_steps": spec.ig_steps}
+    return {
+        "tau": spec.tau, "abs": spec.abs_diff, "acdc_metric": spec.acdc_metric or "kl",
+        "prefilter_top_n": spec.prefilter_top_n, "prefilter_threshold": spec.prefilter_threshold,
+        "prefilter_method": spec.prefilter_method, "ig_steps": spec.ig_steps,
+    }
+
+
 def discover(
     spec: JobSpec, progress: Progress | None = None, should_stop: ShouldStop | None = None
 ) -> CircuitResult:
@@ -79,9 +92,13 @@ def discover(
             return None
         return lambda f, what: progress(lo + (hi - lo) * f, what)
 
-    params = {"ig_steps": spec.ig_steps}
+    params = method_params(spec)
+    search_metric = task.metric
+    if spec.method == "acdc":  # ACDC tests with KL by default; its EAP prefilter with the task metric
+        search_metric = spec.acdc_metric or "kl"
+        params["prefilter_metric"] = task.metric
     ctx = MethodContext(
-        model, graph, task, task.metric, spec.ablation, params, spec.batch_size,
+        model, graph, task, search_metric, spec.ablation, params, spec.batch_size,
         stage(0.0, 0.7), should_stop,
     )
     result = get_method(spec.method)(ctx)
@@ -93,7 +110,7 @@ def discover(
     else:
         n = spec.top_n or math.ceil(DEFAULT_TOP_FRACTION * graph.n_edges)
         keep = select(graph, scores, n=n)
-    ctx.progress = stage(0.7, 1.0)
+    ctx = replace(ctx, metric=task.metric, progress=stage(0.7, 1.0))  # faithfulness: task metric
     ctx.report(0.0, "evaluating")
     evaluator = Evaluator(ctx, get_settings().eval_max_elements)
     found = evaluator.summary(keep)
@@ -111,9 +128,8 @@ def discover(
         "method": spec.method,
         "params": {
             "metric": task.metric, "ablation": spec.ablation, "top_n": spec.top_n,
-            "threshold": spec.threshold, "ig_steps": spec.ig_steps if spec.method == "eap-ig" else None,
-            "split_qkv": spec.split_qkv, "seed": spec.seed, "n_prompts": len(task),
-            "task_params": spec.task_params,
+            "threshold": spec.threshold, "split_qkv": spec.split_qkv, "seed": spec.seed,
+            "n_prompts": len(task), "task_params": spec.task_params, **params,
         },
         "versions": versions(),
         "metrics": found,

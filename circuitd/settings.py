@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +18,26 @@ class Settings(BaseSettings):
     max_edges: int = 200_000
     max_ig_steps: int = 64
     eval_max_elements: int = 2**27  # activations per patched pass when evaluating circuits
+
+    # The service (API, workers, store). DATABASE_URL and BROKER_URL are read with or without the prefix.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CIRCUITD_DATABASE_URL", "DATABASE_URL")
+    )  # default: SQLite at data_dir/circuitd.db
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("CIRCUITD_BROKER_URL", "BROKER_URL")
+    )
+    auth_disabled: bool = False  # every request acts as owner "local"; only when set explicitly
+    queue_prefix: str = ""  # queues are {prefix}cpu and {prefix}gpu: deployments can share one broker
+    job_soft_time_limit: int = 3600  # seconds; the job fails with a message naming the limit
+    job_time_limit: int = 3660  # the worker child is killed past this
+    visibility_timeout: int = 7200  # Redis redelivers unacknowledged messages after this
+    max_attempts: int = 3  # deliveries of one job before it fails (a job that kills its worker)
+    heartbeat_s: float = 2.0  # a running job's worker writes its heartbeat this often
+    stale_after_s: float = 10.0  # a running job without heartbeat this long is requeued
+    sweep_interval_s: float = 5.0  # how often each worker looks for stale or lost jobs
+    requeue_after_s: float = 900.0  # a queued job's message is re-sent after this (lost messages)
+    progress_interval_s: float = 0.5  # progress writes per job at most this often
+    worker_torch_threads: int | None = None  # torch.set_num_threads in the worker
 
 
 @lru_cache

@@ -6,6 +6,7 @@ name the field; what needs the tokenizer is checked when the task is resolved.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,8 +29,14 @@ class JobSpec(BaseModel):
     n_prompts: int | None = Field(default=None, ge=1)
     seed: int = 0
     metric: str | None = Field(default=None, description="overrides the task's metric")
-    method: Literal["eap", "eap-ig"] = "eap-ig"
+    method: Literal["eap", "eap-ig", "acdc"] = "eap-ig"
     ig_steps: int = Field(default=5, ge=1)
+    tau: list[float] = Field(default_factory=lambda: [0.01], min_length=1, description="ACDC thresholds")
+    abs_diff: bool = Field(default=False, description="ACDC compares |metric change| with tau")
+    acdc_metric: str | None = Field(default=None, description="ACDC's search metric (default kl)")
+    prefilter_top_n: int | None = Field(default=None, ge=1)
+    prefilter_threshold: float | None = Field(default=None, ge=0)
+    prefilter_method: Literal["eap", "eap-ig"] = "eap-ig"
     ablation: Literal["resample", "zero", "mean"] = "resample"
     top_n: int | None = Field(default=None, ge=1)
     threshold: float | None = Field(default=None, ge=0)
@@ -55,7 +62,15 @@ class JobSpec(BaseModel):
             raise ValueError(f"unknown generator '{v}' (choose from {', '.join(GENERATORS)})")
         return v
 
-    @field_validator("metric")
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not (t >= 0 and math.isfinite(t))]
+        if bad:
+            raise ValueError(f"every tau must be finite and >= 0 (got {bad[0]})")
+        return v
+
+    @field_validator("metric", "acdc_metric")
     @classmethod
     def _metric(cls, v: str | None) -> str | None:
         if v is not None and v not in METRICS:
@@ -67,6 +82,8 @@ class JobSpec(BaseModel):
         s = get_settings()
         if self.top_n is not None and self.threshold is not None:
             raise ValueError("top_n and threshold: give at most one")
+        if self.prefilter_top_n is not None and self.prefilter_threshold is not None:
+            raise ValueError("prefilter_top_n and prefilter_threshold: give at most one")
         n = self.n_prompts or (len(self.task.clean) if isinstance(self.task, TaskData) else 0)
         if n > s.max_prompts:
             raise ValueError(f"n_prompts: {n} prompts exceed the limit of {s.max_prompts}")

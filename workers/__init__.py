@@ -1,0 +1,1 @@
+"""Celery workers: take a job id, run circuitd.discover, store the graph. Thin by design."""

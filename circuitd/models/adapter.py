@@ -49,12 +49,13 @@ class ModelShape:
 
 @dataclass
 class FactoredGrad:
-    """Per-head input gradients ``full - a[..., None] - b[..., None] * xhat`` ``[H, N, D]``,
-    N = batch * pos, kept in factors so they are never formed in full."""
+    """Head input gradients ``full - a[..., None] - b[..., None] * xhat`` ``[rows, N, D]``
+    (rows = q, k, v of every head), N = batch * pos, kept in factors so they are never
+    formed in full."""
 
-    full: torch.Tensor  # [H, N, D]
-    a: torch.Tensor  # [H, N]
-    b: torch.Tensor  # [H, N]
+    full: torch.Tensor  # [rows, N, D]
+    a: torch.Tensor  # [rows, N]
+    b: torch.Tensor  # [rows, N]
     xhat: torch.Tensor  # [N, D]
 
 
@@ -194,30 +195,29 @@ class ModelAdapter:
     def hook_resid_pre(layer: int) -> str:
         return f"blocks.{layer}.hook_resid_pre"
 
-    def head_input_grads(
-        self, layer: int, qkv: str, grad: torch.Tensor, resid_pre: torch.Tensor
-    ) -> FactoredGrad:
-        """``d m / d (head input)`` from the gradient at the heads' ``q``/``k``/``v``
-        ``[batch, pos, head, d_head]``, back through ``W_{qkv}`` and the layer's first
-        LayerNorm at ``resid_pre``: what split q/k/v inputs would give when every head reads
-        the same residual stream. With ``v = gamma * (grad @ W^T)`` and ``xhat``, ``sigma``
-        the LayerNorm's normalised input and scale, the gradient is
-        ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``, returned factored."""
+    def head_input_grads(self, layer: int, grads: torch.Tensor, resid_pre: torch.Tensor) -> FactoredGrad:
+        """``d m / d (head input)`` for the q, k and v inputs of every head, from the
+        gradients at the heads' queries, keys and values ``[3, batch, pos, head, d_head]``,
+        back through ``W_Q``/``W_K``/``W_V`` and the layer's first LayerNorm at
+        ``resid_pre``: what split q/k/v inputs would give when every head reads the same
+        residual stream. With ``v = gamma * (grad @ W^T)`` and ``xhat``, ``sigma`` the
+        LayerNorm's normalised input and scale, the gradient is
+        ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``, returned factored over 3H rows."""
         block = self.model.blocks[layer]
-        w = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}[qkv]  # [H, D, E]
-        ln = block.ln1
+        attn, ln = block.attn, block.ln1
+        w = torch.cat([attn.W_Q, attn.W_K, attn.W_V])  # [3H, D, E]
         if hasattr(ln, "w"):
             w = w * ln.w[None, :, None]
-        b, p, h, e = grad.shape
+        _, b, p, h, e = grads.shape
         x = resid_pre.reshape(b * p, -1)
         x = x - x.mean(-1, keepdim=True)
         sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [N, 1]
         xhat = x / sigma
-        g = grad.permute(2, 0, 1, 3).reshape(h, b * p, e) / sigma  # [H, N, E], scaled by 1/sigma
-        full = torch.bmm(g, w.transpose(1, 2))  # [H, N, D]
-        mean_v = g @ w.mean(1).unsqueeze(-1)  # [H, N, 1]
-        v_xhat = (g * torch.matmul(xhat, w)).sum(-1)  # [H, N]: sum_d v * xhat via W's columns
-        return FactoredGrad(full, mean_v.squeeze(-1), v_xhat / x.shape[-1], xhat)
+        g = grads.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e) / sigma  # [3H, N, E], over sigma
+        full = torch.bmm(g, w.transpose(1, 2))  # [3H, N, D]
+        mean_v = (g @ w.mean(1).unsqueeze(-1)).squeeze(-1)  # [3H, N]
+        v_xhat = (g * torch.matmul(xhat, w)).sum(-1)  # [3H, N]: sum_d v * xhat via W's columns
+        return FactoredGrad(full, mean_v, v_xhat / x.shape[-1], xhat)
 
     def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""

@@ -1,0 +1,1 @@
+"""One module per resource: jobs, graphs (queries on a job's graph), catalog, health."""

@@ -1,0 +1,54 @@
+"""``/v1/models`` and ``/v1/tasks``: what a spec may name. Read from circuitd's registries, no torch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter
+
+from circuitd.models.registry import RANDOM_PRESETS, ZOO_DIR
+from circuitd.tasks import GENERATORS
+from circuitd.tasks.base import METRICS
+
+router = APIRouter(tags=["catalog"])
+
+
+def _zoo() -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(p for p in ZOO_DIR.iterdir() if (p / "config.json").is_file()):
+        card: dict[str, Any] = {}
+        if (d / "card.json").is_file():
+            card = json.loads((d / "card.json").read_text())
+        out.append({"id": f"zoo:{d.name}", "kind": "zoo", "architecture": card.get("architecture")})
+    return out
+
+
+@router.get("/models")
+def models() -> dict[str, Any]:
+    """Shipped and random models by id, and the id forms that name others."""
+    random = [{"id": f"random:{n}", "kind": "random", "architecture": c} for n, c in RANDOM_PRESETS.items()]
+    return {
+        "models": _zoo() + random,
+        "id_forms": {
+            "zoo:<name>": "a model shipped with circuitd",
+            "random:<preset>[@seed]": "seeded random weights of a preset's shape",
+            "local:<dir>": "config.json + model.safetensors (+ tokenizer.json) on the worker's disk",
+            "<TransformerLens name>": "e.g. gpt2-small; the worker needs the model hub or its cache",
+        },
+    }
+
+
+@router.get("/tasks")
+def tasks() -> dict[str, Any]:
+    """Task generators, metrics, methods and ablations a spec may name (or an inline task)."""
+    return {
+        "generators": list(GENERATORS),
+        "metrics": list(METRICS),
+        "methods": ["eap", "eap-ig", "acdc"],
+        "ablations": ["resample", "zero", "mean"],
+        "inline_task": {
+            "required": ["clean", "corrupted", "correct", "incorrect"],
+            "optional": ["name", "description", "metric", "answer_position", "prepend_bos"],
+        },
+    }

@@ -1,0 +1,59 @@
+"""Response bodies. The request body of ``POST /v1/jobs`` is ``circuitd.spec.JobSpec`` itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from circuitd.store import Job, JobStatus
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    progress: float
+    stage: str
+    queue: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    metrics: dict[str, Any] | None
+    attempts: int
+    cancel_requested: bool
+    spec: dict[str, Any]
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id, status=JobStatus(job.status), progress=job.progress, stage=job.stage, queue=job.queue,
+            created_at=_utc(job.created_at), started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at), error=job.error, metrics=job.summary, attempts=job.attempts,
+            cancel_requested=job.cancel_requested, spec=job.spec,
+            links={"self": base, "graph": f"{base}/graph", "cancel": f"{base}/cancel"},
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+    next: str | None
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` is one line that names the field when a field is at fault."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = None

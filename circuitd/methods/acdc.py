@@ -1,0 +1,573 @@
+"""ACDC (Conmy et al. 2023; REFERENCE §5): greedy edge pruning, exact and fast, with an
+attribution-patching prefilter and a sweep over tau in one run.
+
+Order. Destination nodes are visited from the output backwards: ``logits``; then for
+l = L-1 .. 0: ``m{l}``, then the heads ``a{l}.h{H-1}`` .. ``a{l}.h0``. A head's incoming
+edges are tested q first, then k, then v; within one destination input the sources go
+latest first (reverse source order). A node that has no kept outgoing edge when it is
+visited has no path left to the logits: its incoming edges are dropped untested.
+
+Test. ``m`` is the metric to minimise, averaged over every prompt of the task: KL(clean ||
+circuit) for ``kl``, ``nll``, and the negation of ``logit_diff`` or ``prob_diff``. Edge e
+is removed from the current circuit H for good when ``m(H - e) - m(H) < tau`` (``|.| <
+tau`` with ``abs``); else it is restored. Its score is that difference (0 when untested).
+
+Evaluations. One evaluation is one circuit's patched pass over every prompt of the task,
+whichever block it starts at. The reference spends one per tested edge plus one for the
+starting circuit; the fast path counts every circuit it runs, those it throws away
+after a kept edge included.
+
+:func:`acdc_reference` is the algorithm as written above, one engine pass per test: the
+oracle. :func:`acdc_fast` makes the same decisions with less work:
+
+- every edit so far touches destinations at or after the visited node's layer, so the
+  pass up to that block is the starting circuit's for every test there: it is cached
+  once per minibatch and each test runs from that block (``PatchingEngine.run_from``);
+- the nodes of one block (the logits; an MLP; the heads of a layer) are tested together:
+  candidate j of a batch is tested with candidates 1..j-1 removed, all on the circuit
+  axis of one pass; at the first kept candidate the later rows are dropped and the next
+  batch starts after it, so every decision is the one the reference makes;
+- a block whose sources have no kept outgoing edge in any circuit of a pass is not run:
+  every reader takes their ablated values, which the cached pass already holds;
+- a list of taus runs as branches that share a circuit while their decisions agree: one
+  row serves every tau of its branch, and a test whose difference falls between two taus
+  splits the branch there.
+
+Circuits per pass: ``acdc_batch``, or as many as ``acdc_memory`` bytes hold (default half
+the free GPU memory; on a CPU at most ``CPU_PASS_BYTES``, because a CPU runs a larger
+pass no faster per circuit, so wide batches only add the rows thrown away after a kept
+edge; there the number of candidates also adapts to how often edges are kept).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from circuitd import metrics
+from circuitd.batch import TaskBatch, iter_batches
+from circuitd.edges import EdgeGraph, head_name, mlp_name
+from circuitd.methods.base import MethodContext, MethodResult
+from circuitd.patching import CachedPass, PatchingEngine
+from circuitd.selection import above_threshold, top_n
+
+# +1: the task metric is minimised as is; -1: its negation is (higher is better)
+METRIC_SIGN = {"kl": 1.0, "nll": 1.0, "logit_diff": -1.0, "prob_diff": -1.0}
+DEFAULT_TAU = 0.01
+MAX_ROWS = 256
+CPU_PASS_BYTES = 2**26  # larger passes run slower per circuit on a CPU (caches), not faster
+
+
+# --- the visiting order ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DestNode:
+    """A destination node and its incoming edges in test order."""
+
+    name: str
+    node: int  # node index (the source index; n_sources for the logits)
+    start: int  # the block a pass for its tests starts at (n_layers: the logits alone)
+    edges: tuple[int, ...]
+
+
+def visit_order(graph: EdgeGraph) -> list[list[DestNode]]:
+    """Destination nodes in visiting order, grouped in blocks whose nodes do not feed one
+    another (the logits; an MLP; the heads of one layer), so each block's liveness is
+    known when the block starts."""
+    n_layers = graph.shape.n_layers
+    by_kind = {(g.kind, g.layer): g for g in graph.groups}
+
+    def block(offset: int, n_src: int) -> tuple[int, ...]:
+        return tuple(offset + s for s in reversed(range(n_src)))
+
+    logits = by_kind[("logits", -1)]
+    out = [[DestNode("logits", graph.n_sources, n_layers, block(logits.offset, logits.n_src))]]
+    for layer in reversed(range(n_layers)):
+        mlp = by_kind.get(("mlp", layer))
+        if mlp is not None:
+            edges = block(mlp.offset, mlp.n_src)
+            out.append([DestNode(mlp_name(layer), graph.mlp_source(layer), layer, edges)])
+        g = by_kind[("attn", layer)]
+        heads = []
+        for h in reversed(range(g.n_heads)):
+            edges = ()
+            for x in range(g.n_qkv):
+                edges += block(g.offset + (x * g.n_heads + h) * g.n_src, g.n_src)
+            heads.append(DestNode(head_name(layer, h), graph.head_source(layer, h), layer, edges))
+        out.append(heads)
+    return out
+
+
+class _Liveness:
+    """Whether a node still has a kept outgoing edge (the logits always count as live)."""
+
+    def __init__(self, graph: EdgeGraph):
+        src = torch.tensor(graph.edge_table[1])
+        order = torch.argsort(src, stable=True)
+        counts = torch.bincount(src, minlength=len(graph.nodes)).tolist()
+        self.out = list(torch.split(order, counts))
+        self.logits = graph.n_sources
+
+    def __call__(self, keep: torch.Tensor, node: int) -> bool:
+        return node == self.logits or bool(keep[self.out[node]].any())
+
+
+# --- shared set-up --------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    batch: TaskBatch
+    ablated: torch.Tensor
+    clean_lp: torch.Tensor | None
+    start: CachedPass | None = None
+
+
+def _sign(metric: str) -> float:
+    if metric not in METRIC_SIGN:
+        raise ValueError(f"metric: '{metric}' is not one of {', '.join(METRIC_SIGN)}")
+    return METRIC_SIGN[metric]
+
+
+def _prepare(
+    ctx: MethodContext, engine: PatchingEngine, start: torch.Tensor | None, cached: bool
+) -> list[_Batch]:
+    """Per minibatch: ablated values, clean log-probabilities (kl), and for the fast path
+    the cached pass of the starting circuit ``start`` (bool keep mask; None = all kept)."""
+    mean = ctx.source_means(engine)
+    alpha = None if start is None else (~start).to(ctx.model.device, ctx.model.dtype)
+    out = []
+    with torch.no_grad():
+        for b in iter_batches(ctx.task, ctx.batch_size, ctx.model.device):
+            ctx.check_stop()
+            ablated = engine.ablated_sources(ctx.ablation, b.corrupted, mean)
+            lp = None
+            if ctx.metric == "kl":
+                lp = metrics.clean_logprobs_of(ctx.model.run(b.clean), b)
+            cp = engine.cached_pass(b.clean, ablated, alpha) if cached else None
+            out.append(_Batch(b, ablated, lp, cp))
+    return out
+
+
+def _task_metric(
+    ctx: MethodContext, batches: list[_Batch], logits_of: Callable[[_Batch], torch.Tensor]
+) -> torch.Tensor:
+    """The metric to minimise ``[C]`` (float64), averaged over every prompt of the task;
+    ``logits_of(batch)`` gives ``[C, B, P, V]``."""
+    total: torch.Tensor | None = None
+    for item in batches:
+        vals = metrics.per_prompt(ctx.metric, logits_of(item), item.batch, item.clean_lp)
+        s = vals.double().sum(-1)
+        total = s if total is None else total + s
+    assert total is not None
+    return _sign(ctx.metric) * total / len(ctx.task)
+
+
+def _removes(effect: float, tau: float, abs_value: bool) -> bool:
+    return (abs(effect) if abs_value else effect) < tau
+
+
+@dataclass
+class ACDCRun:
+    """Per tau (in the order given): the circuit, each edge's effect when tested, which
+    edges were tested; and the work done."""
+
+    taus: list[float]
+    keep: torch.Tensor  # [T, n_edges] bool
+    effects: torch.Tensor  # [T, n_edges] float64, 0 where untested
+    tested: torch.Tensor  # [T, n_edges] bool
+    evaluations: int  # circuit passes over the whole task
+    skipped: int = 0  # tests the starting circuit made unnecessary (prefiltered edges)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the reference ------------------------------------------------------------------------
+
+
+def acdc_reference(
+    ctx: MethodContext, tau: float, abs_value: bool = False, start: torch.Tensor | None = None
+) -> ACDCRun:
+    """ACDC exactly as the module docstring states, one full pass per test (the oracle).
+    ``start``: the starting circuit (bool keep mask; default every edge)."""
+    t0 = time.perf_counter()
+    graph = ctx.graph
+    engine = PatchingEngine(ctx.model, graph)
+    batches = _prepare(ctx, engine, None, cached=False)
+    alive = _Liveness(graph)
+    keep = torch.ones(graph.n_edges, dtype=torch.bool) if start is None else start.cpu().clone()
+    effects = torch.zeros(graph.n_edges, dtype=torch.float64)
+    tested = torch.zeros(graph.n_edges, dtype=torch.bool)
+
+    def metric_of(k: torch.Tensor) -> float:
+        alpha = (~k).to(ctx.model.device, ctx.model.dtype)
+        with torch.no_grad():
+            val = _task_metric(ctx, batches, lambda b: engine.run(b.batch.clean, b.ablated, alpha[None]))
+        return float(val[0])
+
+    current = metric_of(keep)
+    evaluations, skipped = 1, 0
+    for block in visit_order(graph):
+        for node in block:
+            edges = list(node.edges)
+            if not alive(keep, node.node):
+                keep[edges] = False
+                continue
+            for e in edges:
+                ctx.check_stop()
+                if not keep[e]:
+                    skipped += 1
+                    continue
+                keep[e] = False
+                value = metric_of(keep)
+                evaluations += 1
+                tested[e] = True
+                effects[e] = value - current
+                if _removes(value - current, tau, abs_value):
+                    current = value
+                else:
+                    keep[e] = True
+    return ACDCRun([tau], keep[None], effects[None], tested[None], evaluations, skipped,
+                   time.perf_counter() - t0)
+
+
+# --- the fast path --------------------------------------------------------------------------
+
+
+@dataclass
+class _Branch:
+    """Taus (ascending, as positions in the sorted list) that share one circuit so far."""
+
+    taus: list[int]
+    keep: torch.Tensor
+    effects: torch.Tensor
+    tested: torch.Tensor
+    current: float  # the metric of ``keep``
+    queue: list[int] = field(default_factory=list)  # this block's candidates, in test order
+    pos: int = 0  # next candidate
+    span: int = 1  # rows to ask for next time
+
+    def split(self, n_low: int) -> _Branch:
+        """A copy holding the ``n_low`` smallest taus, which leave this branch."""
+        low = _Branch(self.taus[:n_low], self.keep.clone(), self.effects.clone(), self.tested.clone(),
+                      self.current, self.queue, self.pos, self.span)
+        self.taus = self.taus[n_low:]
+        return low
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory one batch of circuits may use: half the free GPU memory, or on a CPU a
+    quarter of the free memory up to ``CPU_PASS_BYTES``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        free = 4 * CPU_PASS_BYTES
+    return min(free // 4, CPU_PASS_BYTES)
+
+
+def rows_per_pass(model_dtype: torch.dtype, graph: EdgeGraph, n_tokens: int, budget: int) -> int:
+    """Circuits per patched pass so that a pass over ``n_tokens`` (batch x positions)
+    stays within ``budget`` bytes: per circuit the stacked sources, the per-head q/k/v
+    inputs with their LayerNorm and attention intermediates, the MLP and the logits."""
+    s = graph.shape
+    item = torch.finfo(model_dtype).bits // 8
+    per_token = s.d_model * (graph.n_sources + 16 * s.n_heads + 8) + 2 * s.d_vocab
+    return max(1, min(MAX_ROWS, budget // max(1, n_tokens * item * per_token)))
+
+
+class _FastACDC:
+    """One fast run: the cached passes, the branches of taus, and the work counted."""
+
+    def __init__(
+        self, ctx: MethodContext, taus: Sequence[float], abs_value: bool, start: torch.Tensor | None,
+        rows: int | None, memory: int | None,
+    ):
+        self.ctx = ctx
+        self.graph = ctx.graph
+        self.abs_value = abs_value
+        self.order = sorted(range(len(taus)), key=lambda i: taus[i])
+        self.sorted_taus = [float(taus[i]) for i in self.order]
+        self.engine = PatchingEngine(ctx.model, ctx.graph)
+        self.batches = _prepare(ctx, self.engine, start, cached=True)
+        self.start = start
+        n_tokens = max(b.batch.clean.numel() for b in self.batches)
+        budget = memory or available_bytes(ctx.model.device)
+        self.rows = rows or rows_per_pass(ctx.model.dtype, ctx.graph, n_tokens, budget)
+        self.adaptive = rows is None and ctx.model.device.type != "cuda"
+        self.alive = _Liveness(ctx.graph)
+        self.evaluations = 0
+        self.skipped = 0
+
+    def metric_rows(self, layer: int, keep_rows: torch.Tensor) -> list[float]:
+        """The metric of every circuit ``keep_rows [R, n_edges]``, from block ``layer``."""
+        alpha = (~keep_rows).to(self.ctx.model.device, self.ctx.model.dtype)
+        vals = []
+        with torch.no_grad():
+            for chunk in alpha.split(self.rows):
+                vals.append(_task_metric(
+                    self.ctx, self.batches, lambda b, a=chunk: self.engine.run_from(b.start, layer, a)
+                ))
+        self.evaluations += keep_rows.shape[0]
+        return torch.cat(vals).tolist()
+
+    def queue(self, br: _Branch, block: list[DestNode]) -> list[int]:
+        """The block's candidates for this branch; drops the edges of nodes without a kept
+        outgoing edge, and counts the tests that edges removed from the start save."""
+        out = []
+        for node in block:
+            edges = list(node.edges)
+            if not self.alive(br.keep, node.node):
+                br.keep[edges] = False
+                continue
+            for e in edges:
+                if br.keep[e]:
+                    out.append(e)
+                else:
+                    self.skipped += 1
+        return out
+
+    def decide(self, br: _Branch, cand: list[int], values: list[float]) -> list[_Branch]:
+        """Walk the rows of one branch in order: the decision of every tau at each
+        candidate, splitting the branch where the taus disagree. Returns the branches."""
+        out = []
+        for j, e in enumerate(cand):
+            effect = values[j] - br.current
+            test = abs(effect) if self.abs_value else effect
+            n_keep = bisect.bisect_right([self.sorted_taus[t] for t in br.taus], test)  # taus <= test
+            br.tested[e] = True
+            br.effects[e] = effect
+            if n_keep == len(br.taus):  # every tau keeps e: the later rows assumed it removed
+                br.pos += j + 1
+                br.span = max(1, 2 * (j + 1))
+                return [br, *out]
+            if n_keep:
+                low = br.split(n_keep)
+                low.pos += j + 1
+                low.span = max(1, 2 * (j + 1))
+                out.append(low)
+            br.keep[e] = False
+            br.current = values[j]
+        br.pos += len(cand)
+        br.span = 2 * br.span
+        return [br, *out]
+
+    def run(self) -> ACDCRun:
+        t0 = time.perf_counter()
+        ctx, graph = self.ctx, self.graph
+        keep = torch.ones(graph.n_edges, dtype=torch.bool) if self.start is None else self.start.cpu().clone()
+        zeros = torch.zeros(graph.n_edges, dtype=torch.float64)
+        current = self.metric_rows(graph.shape.n_layers, keep[None])[0]
+        branches = [_Branch(list(range(len(self.sorted_taus))), keep, zeros, zeros.bool(), current)]
+        branches[0].span = self.rows
+        order = visit_order(graph)
+        done = 0
+        for block in order:
+            for br in branches:
+                br.queue, br.pos = self.queue(br, block), 0
+            size = sum(len(n.edges) for n in block)
+            self._report(done, branches, block, size)
+            while True:
+                active = [br for br in branches if br.pos < len(br.queue)]
+                if not active:
+                    break
+                ctx.check_stop()
+                share = max(1, self.rows // len(active))
+                cands, rows = [], []
+                for br in active:
+                    span = min(share, br.span) if self.adaptive else share
+                    cand = br.queue[br.pos : br.pos + max(1, span)]
+                    r = br.keep.repeat(len(cand), 1)
+                    for j, e in enumerate(cand):
+                        r[j:, e] = False
+                    cands.append(cand)
+                    rows.append(r)
+                values = self.metric_rows(block[0].start, torch.cat(rows))
+                new = [br for br in branches if br.pos >= len(br.queue)]
+                at = 0
+                for br, cand in zip(active, cands, strict=True):
+                    new += self.decide(br, cand, values[at : at + len(cand)])
+                    at += len(cand)
+                branches = sorted(new, key=lambda b: b.taus[0])
+                self._report(done, branches, block, size)
+            done += size
+        return self._result(branches, time.perf_counter() - t0)
+
+    def _report(self, done: int, branches: list[_Branch], block: list[DestNode], size: int) -> None:
+        """Edges decided over all edges (averaged over taus), with the block and the work."""
+        n = self.graph.n_edges
+        pending = [len(br.queue) - br.pos for br in branches for _ in br.taus]
+        decided = done + size - sum(pending) / len(pending)
+        names = block[0].name if len(block) == 1 else f"{block[-1].name}..{block[0].name}"
+        self.ctx.report(
+            decided / n,
+            f"acdc: {names} ({int(decided)}/{n} edges decided, {self.evaluations} evaluations)",
+        )
+
+    def _result(self, branches: list[_Branch], seconds: float) -> ACDCRun:
+        t_n = len(self.sorted_taus)
+        keep = [torch.empty(0)] * t_n
+        effects = [torch.empty(0)] * t_n
+        tested = [torch.empty(0)] * t_n
+        for br in branches:
+            for t in br.taus:
+                i = self.order[t]
+                keep[i], effects[i], tested[i] = br.keep, br.effects, br.tested
+        taus = [self.sorted_taus[self.order.index(i)] for i in range(t_n)]
+        return ACDCRun(taus, torch.stack(keep), torch.stack(effects), torch.stack(tested),
+                       self.evaluations, self.skipped, seconds, {"rows_per_pass": self.rows})
+
+
+def acdc_fast(
+    ctx: MethodContext,
+    taus: float | Sequence[float],
+    abs_value: bool = False,
+    start: torch.Tensor | None = None,
+    rows: int | None = None,
+    memory: int | None = None,
+) -> ACDCRun:
+    """ACDC with the reference's decisions for every tau of ``taus`` in one run (see the
+    module docstring). ``start``: the starting circuit (bool keep mask; default every
+    edge); ``rows``: circuits per pass, else as many as ``memory`` bytes hold (default:
+    :func:`available_bytes`)."""
+    taus = [taus] if isinstance(taus, int | float) else list(taus)
+    return _FastACDC(ctx, taus, abs_value, start, rows, memory).run()
+
+
+# --- the method -----------------------------------------------------------------------------
+
+
+def parse_taus(value: Any) -> list[float]:
+    """``tau`` as a list (a number, or a list of numbers: a sweep)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    try:
+        taus = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"tau: {value!r} is not a number or a list of numbers") from exc
+    if not taus or not all(math.isfinite(t) and t >= 0 for t in taus):
+        raise ValueError("tau: give one or more finite numbers >= 0")
+    return taus
+
+
+def prefilter(ctx: MethodContext) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """The starting circuit from EAP or EAP-IG scores: the top ``prefilter_top_n`` edges by
+    |score|, or those with |score| >= ``prefilter_threshold``; None without either.
+
+    Scores use ``prefilter_metric``, by default the task metric, except that ``kl`` is
+    scored with ``logit_diff``: KL's gradient vanishes at the clean model, so EAP on KL
+    would rank edges by rounding noise. Under resample ablation the edges out of nodes
+    left without incoming edges go too (:func:`drop_inputless`; exact)."""
+    p = ctx.params
+    n, threshold = p.get("prefilter_top_n"), p.get("prefilter_threshold")
+    if n is None and threshold is None:
+        return None, None
+    if n is not None and threshold is not None:
+        raise ValueError("prefilter_top_n and prefilter_threshold: give at most one")
+    method = p.get("prefilter_method", "eap")
+    if method not in ("eap", "eap-ig"):
+        raise ValueError(f"prefilter_method: '{method}' is not one of eap, eap-ig")
+    metric = p.get("prefilter_metric") or ("logit_diff" if ctx.metric == "kl" else ctx.metric)
+    _sign(metric)
+    steps = 1 if method == "eap" else int(p.get("ig_steps", 5))
+    from circuitd.methods.eap import edge_scores
+
+    t0 = time.perf_counter()
+    scores = edge_scores(replace(ctx, metric=metric), steps).cpu()
+    keep = top_n(scores, int(n)) if n is not None else above_threshold(scores, float(threshold))
+    selected = int(keep.sum())
+    if ctx.ablation == "resample":
+        keep = drop_inputless(ctx.graph, keep)
+    info = {
+        "method": method, "metric": metric, "ig_steps": steps if method == "eap-ig" else None,
+        "top_n": n, "threshold": threshold, "edges_selected": selected,
+        "edges_dropped_inputless": selected - int(keep.sum()), "edges_kept": int(keep.sum()),
+        "edges_removed": int((~keep).sum()), "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return keep, info
+
+
+def drop_inputless(graph: EdgeGraph, keep: torch.Tensor) -> torch.Tensor:
+    """``keep`` without the outgoing edges of nodes that have no kept incoming edge, to a
+    fixpoint. Exact under resample ablation: such a node reads every source's corrupted
+    output, so it computes its own corrupted output, its ablated value, and its outgoing
+    edges change nothing; ACDC would test each of them only to remove it."""
+    _, src, dst, _ = graph.edge_table
+    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    keep = keep.cpu().clone()
+    while True:
+        has_in = torch.bincount(dst_t[keep], minlength=len(graph.nodes)) > 0
+        has_in[0] = True  # the input has no incoming edges to lose
+        new = keep & has_in[src_t]
+        if torch.equal(new, keep):
+            return keep
+        keep = new
+
+
+def run_acdc(ctx: MethodContext) -> MethodResult:
+    """ACDC from ``ctx.params``: ``tau`` (a number or a list; default 0.01), ``abs``,
+    ``prefilter_top_n`` or ``prefilter_threshold`` with ``prefilter_method`` (eap, eap-ig),
+    ``prefilter_metric`` and ``ig_steps``; ``acdc_batch`` (circuits per pass) or
+    ``acdc_memory`` (bytes a pass may use; default from the free memory).
+
+    Scores are each edge's effect when tested for the first tau, ``keep`` that tau's
+    circuit; ``info`` holds the per-tau edge counts, the evaluations run and saved, the
+    prefilter's figures, and for a sweep each surviving edge's largest surviving tau."""
+    p = ctx.params
+    taus = parse_taus(p.get("tau", DEFAULT_TAU))
+    rows = p.get("acdc_batch")
+    if rows is not None and int(rows) < 1:
+        raise ValueError("acdc_batch must be at least 1")
+    memory = p.get("acdc_memory")
+    if memory is not None and int(memory) < 1:
+        raise ValueError("acdc_memory must be a positive number of bytes")
+    start, pre_info = None, None
+    if p.get("prefilter_top_n") is not None or p.get("prefilter_threshold") is not None:
+        start, pre_info = prefilter(replace(ctx, progress=_scaled(ctx, 0.0, 0.1, "prefilter: ")))
+        ctx = replace(ctx, progress=_scaled(ctx, 0.1, 1.0, ""))
+    run = acdc_fast(ctx, taus, bool(p.get("abs", False)), start, int(rows) if rows else None,
+                    int(memory) if memory else None)
+    names = ctx.graph.edge_names
+    info: dict[str, Any] = {
+        "tau": run.taus,
+        "abs": bool(p.get("abs", False)),
+        "n_edges_per_tau": [int(k.sum()) for k in run.keep],
+        "tests_per_tau": [int(t.sum()) for t in run.tested],
+        "evaluations": run.evaluations,
+        "evaluations_saved": run.skipped,
+        "rows_per_pass": run.extra["rows_per_pass"],
+        "acdc_seconds": round(run.seconds, 3),
+        "prefilter": pre_info,
+    }
+    if len(run.taus) > 1:
+        info["largest_surviving_tau"] = largest_surviving_tau(run, names)
+    scores = run.effects[0].to(ctx.model.dtype)
+    return MethodResult(scores, info, run.keep[0].clone())
+
+
+def largest_surviving_tau(run: ACDCRun, names: list[str]) -> dict[str, float]:
+    """Edge name -> the largest tau whose circuit keeps it (edges kept by some tau)."""
+    out: dict[str, float] = {}
+    for tau, keep in sorted(zip(run.taus, run.keep, strict=True), key=lambda x: x[0]):
+        for i in keep.nonzero().squeeze(1).tolist():
+            out[names[i]] = tau
+    return out
+
+
+def _scaled(ctx: MethodContext, lo: float, hi: float, prefix: str) -> Callable[[float, str], None] | None:
+    if ctx.progress is None:
+        return None
+    report = ctx.progress
+    return lambda f, stage: report(lo + (hi - lo) * f, prefix + stage)
+
+
+__all__ = ["ACDCRun", "acdc_fast", "acdc_reference", "drop_inputless", "prefilter", "run_acdc", "visit_order"]

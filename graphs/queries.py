@@ -1,0 +1,153 @@
+"""Questions asked of a stored circuit graph: pure networkx, so the API answers them without torch.
+
+Every function takes the edge graph as built by ``build_edge_circuit`` (a MultiDiGraph whose
+edges carry ``name``, ``score`` and ``in_circuit``) and returns plain JSON-able values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import networkx as nx
+
+
+def edge_record(u: str, v: str, key: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """One edge as JSON: its ends, key, canonical name, score and membership."""
+    return {"source": u, "target": v, "key": key, **data}
+
+
+def _edges(graph: nx.MultiDiGraph) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
+    yield from graph.edges(keys=True, data=True)
+
+
+def circuit_only(graph: nx.MultiDiGraph) -> nx.MultiDiGraph:
+    """The circuit: edges marked ``in_circuit`` (all edges when unmarked) and the nodes they touch."""
+    out = nx.MultiDiGraph(**graph.graph)
+    for u, v, k, d in _edges(graph):
+        if d.get("in_circuit", True):
+            for n in (u, v):
+                if n not in out:
+                    out.add_node(n, **graph.nodes[n])
+            out.add_edge(u, v, key=k, **d)
+    return out
+
+
+def top_edges(graph: nx.MultiDiGraph, n: int = 20) -> list[dict[str, Any]]:
+    """The ``n`` edges of largest |score|, strongest first (ties by name, so the order is stable)."""
+    ranked = sorted(_edges(graph), key=lambda e: (-abs(e[3].get("score", 0.0) or 0.0), e[3].get("name", "")))
+    return [edge_record(*e) for e in ranked[:n]]
+
+
+def neighbourhood(graph: nx.MultiDiGraph, node: str) -> dict[str, Any]:
+    """A node's attributes and its incoming and outgoing edges, each by |score|; KeyError if absent."""
+    if node not in graph:
+        raise KeyError(node)
+
+    def by_score(edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(edges, key=lambda e: -abs(e.get("score", 0.0) or 0.0))
+
+    incoming = [edge_record(u, v, k, d) for u, v, k, d in graph.in_edges(node, keys=True, data=True)]
+    outgoing = [edge_record(u, v, k, d) for u, v, k, d in graph.out_edges(node, keys=True, data=True)]
+    return {
+        "node": {"id": node, **graph.nodes[node]},
+        "in": by_score(incoming),
+        "out": by_score(outgoing),
+        "predecessors": sorted(set(graph.predecessors(node))),
+        "successors": sorted(set(graph.successors(node))),
+    }
+
+
+def _hop_strength(graph: nx.MultiDiGraph, u: str, v: str) -> float:
+    return max(abs(d.get("score", 0.0) or 0.0) for d in graph.get_edge_data(u, v).values())
+
+
+def paths_through(
+    graph: nx.MultiDiGraph, node: str, source: str = "input", target: str = "logits", limit: int = 100
+) -> dict[str, Any]:
+    """Paths ``source -> ... -> node -> ... -> target`` (at most ``limit``), each with its weakest hop.
+
+    A node's parallel q/k/v edges count as one hop (the strongest of them). The circuit is a
+    DAG, so the paths are finite, but their number can grow fast: ``truncated`` says so.
+    """
+    if node not in graph:
+        raise KeyError(node)
+    for end in (source, target):
+        if end not in graph:
+            return {"node": node, "paths": [], "truncated": False}
+    simple = nx.DiGraph(graph)
+
+    def between(a: str, b: str) -> Iterator[list[str]]:
+        if a == b:
+            yield [a]
+            return
+        yield from nx.all_simple_paths(simple, a, b)
+
+    def joined() -> Iterator[list[str]]:
+        tails = None
+        for head in between(source, node):
+            if tails is None:
+                tails = list(islice(between(node, target), limit + 1))
+            for tail in tails:
+                yield head + tail[1:]
+
+    found = list(islice(joined(), limit + 1))
+    paths = []
+    for p in found[:limit]:
+        hops = [_hop_strength(graph, a, b) for a, b in zip(p, p[1:], strict=False)]
+        paths.append({"nodes": p, "min_abs_score": min(hops) if hops else None})
+    paths.sort(key=lambda p: -(p["min_abs_score"] or 0.0))
+    return {"node": node, "paths": paths, "truncated": len(found) > limit}
+
+
+def subgraph_above(graph: nx.MultiDiGraph, min_abs_score: float) -> nx.MultiDiGraph:
+    """The edges with |score| >= ``min_abs_score`` and the nodes they touch."""
+    out = nx.MultiDiGraph(**graph.graph)
+    for u, v, k, d in _edges(graph):
+        if abs(d.get("score", 0.0) or 0.0) >= min_abs_score:
+            for n in (u, v):
+                if n not in out:
+                    out.add_node(n, **graph.nodes[n])
+            out.add_edge(u, v, key=k, **d)
+    return out
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def compare(a: nx.MultiDiGraph, b: nx.MultiDiGraph) -> dict[str, Any]:
+    """Edges (by canonical name) and nodes shared by two circuits, those only in each, and Jaccard."""
+    ea = {d.get("name") or f"{u}->{v}<{k}>" for u, v, k, d in _edges(a)}
+    eb = {d.get("name") or f"{u}->{v}<{k}>" for u, v, k, d in _edges(b)}
+    na, nb = set(a.nodes), set(b.nodes)
+    return {
+        "edges": {
+            "shared": sorted(ea & eb), "only_a": sorted(ea - eb), "only_b": sorted(eb - ea),
+            "n_a": len(ea), "n_b": len(eb), "jaccard": _jaccard(ea, eb),
+        },
+        "nodes": {
+            "shared": sorted(na & nb), "only_a": sorted(na - nb), "only_b": sorted(nb - na),
+            "n_a": len(na), "n_b": len(nb), "jaccard": _jaccard(na, nb),
+        },
+    }
+
+
+def _graphml_value(value: Any) -> Any:
+    """GraphML holds scalars only: nested values become JSON text, None is left out."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def to_graphml(graph: nx.MultiDiGraph) -> str:
+    """The graph as GraphML text, for tools such as Gephi, Cytoscape or yEd."""
+    out = nx.MultiDiGraph()
+    out.graph.update({k: _graphml_value(v) for k, v in graph.graph.items() if v is not None})
+    for n, d in graph.nodes(data=True):
+        out.add_node(n, **{k: _graphml_value(v) for k, v in d.items() if v is not None})
+    for u, v, k, d in _edges(graph):
+        out.add_edge(u, v, key=str(k), **{a: _graphml_value(x) for a, x in d.items() if x is not None})
+    return "\n".join(nx.generate_graphml(out))

@@ -1,0 +1,154 @@
+"""``workers.runner.execute`` in-process on a real SQLite store: every way a job can end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from circuitd.methods.base import Cancelled
+from circuitd.store import Store
+from tests.workers.harness import TINY
+from workers.runner import execute, is_out_of_memory
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'store.db'}")
+
+
+def _job(store: Store, spec: dict[str, Any] | None = None) -> str:
+    job, _ = store.create_job("alice", spec or TINY, "cpu")
+    return job.id
+
+
+def _raising(exc: BaseException):
+    def discover(spec: Any, progress: Any = None, should_stop: Any = None) -> Any:
+        progress(0.2, "scoring edges")
+        raise exc
+
+    return discover
+
+
+def test_success_then_redelivery_is_not_rerun(store: Store) -> None:
+    job_id = _job(store)
+    assert execute(job_id, store, worker="w") == "succeeded"
+    job = store.get_job(job_id)
+    assert job.status == "succeeded" and job.summary["n_edges_total"] == 110 and "curve" not in job.summary
+    assert len(store.load_graph(job_id)["links"]) == 110
+
+    def must_not_run(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a job that succeeded was run again")
+
+    assert execute(job_id, store, worker="w2", discover=must_not_run) == "done"
+    assert store.get_job(job_id).attempts == 1
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        MemoryError(),
+    ],
+)
+def test_out_of_memory_fails_the_job_not_the_worker(store: Store, exc: BaseException) -> None:
+    assert is_out_of_memory(exc)
+    job_id = _job(store)
+    assert execute(job_id, store, worker="w", discover=_raising(exc)) == "failed"
+    job = store.get_job(job_id)
+    assert job.status == "failed" and job.error.startswith("out of memory on cpu")
+    nxt = _job(store)  # the same process goes on to the next job
+    assert execute(nxt, store, worker="w") == "succeeded"
+
+
+def test_soft_time_limit_user_error_and_internal_error(store: Store) -> None:
+    a = _job(store)
+    execute(a, store, worker="w", discover=_raising(SoftTimeLimitExceeded()),
+            soft_limit_errors=(SoftTimeLimitExceeded,), soft_limit_s=5)
+    assert store.get_job(a).error == "time limit: the job ran longer than 5 s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+
+    b = _job(store, TINY | {"model": "local:/nonexistent/model"})
+    assert execute(b, store, worker="w") == "failed"
+    assert store.get_job(b).error.startswith("model") and "internal" not in store.get_job(b).error
+
+    c = _job(store)
+    assert execute(c, store, worker="w", discover=_raising(KeyError("boom"))) == "failed"
+    assert store.get_job(c).error == "internal error: KeyError: 'boom'"
+
+    d = _job(store, {"model": "random:tiny", "task": "random", "n_prompts": 0})  # limits changed since
+    assert execute(d, store, worker="w") == "failed"
+    assert store.get_job(d).error.startswith("n_prompts")
+
+
+def _slow(seconds: float):
+    def discover(spec: Any, progress: Any = None, should_stop: Any = None) -> Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if should_stop():
+                raise Cancelled("cancelled")
+            progress(0.5, "working")
+            time.sleep(0.02)
+        raise AssertionError("should have been stopped")
+
+    return discover
+
+
+def test_cancel_while_running(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setenv("CIRCUITD_HEARTBEAT_S", "0.05")
+    from circuitd.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        job_id = _job(store)
+        threading.Timer(0.3, lambda: store.request_cancel(job_id)).start()
+        assert execute(job_id, store, worker="w", discover=_slow(20)) == "cancelled"
+        job = store.get_job(job_id)
+        assert job.status == "cancelled" and job.progress == pytest.approx(0.5)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_worker_that_lost_its_job_drops_its_result(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setenv("CIRCUITD_HEARTBEAT_S", "0.05")
+    from circuitd.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        job_id = _job(store)
+        threading.Timer(0.3, lambda: store.claim(job_id, "other:1", stale_after=0)).start()
+        assert execute(job_id, store, worker="w", discover=_slow(20)) == "lost"
+        job = store.get_job(job_id)
+        assert job.status == "running" and job.worker == "other:1" and job.attempts == 2
+    finally:
+        get_settings.cache_clear()
+
+
+def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    from circuitd.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'hard.db'}"
+    monkeypatch.setenv("CIRCUITD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        from workers import tasks
+
+        store = Store(url)
+        job_id = _job(store)
+        store.claim(job_id, "h:1")
+        tasks._hard_time_limit(sender=tasks.run_job, exception=TimeLimitExceeded(7), args=[job_id])
+        job = store.get_job(job_id)
+        assert job.status == "failed"
+        assert job.error == "time limit: killed after 7 s (CIRCUITD_JOB_TIME_LIMIT)"
+        assert store.claim(job_id, "h:2").action == "done"
+    finally:
+        get_settings.cache_clear()

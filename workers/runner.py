@@ -1,0 +1,182 @@
+"""Run one job: claim it in the store, call circuitd.discover, store the graph and the outcome.
+
+Kept apart from Celery so it can be called in-process. The store decides whether this
+delivery runs at all (see ``Store.claim``): a redelivered job that already succeeded is
+not rerun, and one held by a live worker is left to it.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from circuitd.errors import CircuitdError
+from circuitd.settings import get_settings
+from circuitd.spec import JobSpec
+from circuitd.store import Store, get_store, worker_id
+from graphs import to_node_link
+
+log = logging.getLogger("circuitd.worker")
+
+SUMMARY_KEYS = (
+    "faithfulness", "n_edges", "n_edges_total", "metric_full", "metric_empty", "metric_circuit",
+    "cpr", "cmd", "seconds", "n_prompts",
+)
+
+
+class Heartbeat:
+    """A thread that marks the job alive and notices a cancel request or a takeover."""
+
+    def __init__(self, store: Store, job_id: str, worker: str, interval: float):
+        self.store, self.job_id, self.worker, self.interval = store, job_id, worker, interval
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            state = self.store.heartbeat(self.job_id, self.worker)
+        except Exception:  # a database hiccup must not end the job; the next beat retries
+            log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+            return
+        if state is None:
+            self.lost.set()
+        elif state:
+            self.cancel.set()
+
+    def should_stop(self) -> bool:
+        return self.cancel.is_set() or self.lost.is_set()
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OOM, a failed CPU allocation, or Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def free_memory() -> None:
+    """Give back what a failed job held, so the next job on this worker starts clean."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing is best effort
+        log.debug("could not empty the CUDA cache", exc_info=True)
+
+
+_threads_set = False
+
+
+def _set_torch_threads() -> None:
+    """Once per process: ``CIRCUITD_WORKER_TORCH_THREADS`` shares the cores between workers."""
+    global _threads_set
+    threads = get_settings().worker_torch_threads
+    if threads and not _threads_set:
+        import torch
+
+        torch.set_num_threads(threads)
+    _threads_set = True
+
+
+def summary_of(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+
+
+def _spec_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "spec"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def execute(
+    job_id: str,
+    store: Store | None = None,
+    worker: str | None = None,
+    discover: Callable[..., Any] | None = None,
+    soft_limit_errors: tuple[type[BaseException], ...] = (),
+    soft_limit_s: float | None = None,
+) -> str:
+    """Run the job if this delivery should; returns what happened (``succeeded``, ``done``, ...)."""
+    from circuitd.methods.base import Cancelled  # imports torch: only in the worker
+
+    if discover is None:  # imported before the claim: the heartbeat must start right after it
+        from circuitd.discover import discover
+
+        _set_torch_threads()
+    store = store or get_store()
+    worker = worker or worker_id()
+    settings = get_settings()
+    claim = store.claim(job_id, worker)
+    if claim.action != "run":
+        log.info("job %s: %s, nothing to run", job_id, claim.action)
+        return claim.action
+    assert claim.job is not None
+    log.info("job %s: attempt %d on %s", job_id, claim.job.attempts, worker)
+    try:
+        spec = JobSpec.model_validate(claim.job.spec)
+    except ValidationError as exc:
+        store.fail(job_id, worker, _spec_error(exc))
+        return "failed"
+
+    def progress(fraction: float, stage: str) -> None:
+        try:
+            store.update_progress(job_id, worker, fraction, stage)
+        except Exception:  # progress is advisory
+            log.warning("progress of job %s not written", job_id, exc_info=True)
+
+    with Heartbeat(store, job_id, worker, settings.heartbeat_s) as beat:
+        beat.beat()  # a cancel that came in while the job was being claimed stops it at once
+        try:
+            result = discover(spec, progress=progress, should_stop=beat.should_stop)
+            graph = to_node_link(result.full_graph)
+            if store.finish(job_id, worker, summary_of(result.metrics), graph):
+                return "succeeded"
+            log.warning("job %s: finished, but another worker holds it now; result dropped", job_id)
+            return "lost"
+        except Cancelled:
+            if beat.lost.is_set():
+                return "lost"
+            store.mark_cancelled(job_id, worker)
+            return "cancelled"
+        except soft_limit_errors:
+            limit = soft_limit_s or settings.job_soft_time_limit
+            msg = f"time limit: the job ran longer than {limit:g} s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+            store.fail(job_id, worker, msg)
+            return "failed"
+        except (CircuitdError, ValueError) as exc:  # errors a user can act on, as the CLI treats them
+            store.fail(job_id, worker, one_line(exc))
+            return "failed"
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                free_memory()
+                store.fail(job_id, worker, f"out of memory on {spec.device}: {one_line(exc)[:500]}")
+                return "failed"
+            log.exception("job %s failed", job_id)
+            store.fail(job_id, worker, f"internal error: {type(exc).__name__}: {one_line(exc)[:1000]}")
+            return "failed"
