@@ -132,25 +132,6 @@ class _HeadProbe:
         return self.leaf.grad
 
 
-def _run_from_layer(
-    model: ModelAdapter,
-    resid: torch.Tensor,
-    layer: int,
-    hooks: Sequence[tuple[str, HookFn]],
-    stop: int | None = None,
-) -> torch.Tensor:
-    """Logits of the model run from block ``layer`` on the residual stream ``resid``; with
-    ``stop``, the residual stream entering block ``stop`` instead.
-
-    TransformerLens's ``start_at_layer`` / ``stop_at_layer``; this belongs with the
-    adapter's ``run``.
-    """
-    wrapped = [(name, lambda act, hook, fn=fn: fn(act)) for name, fn in hooks]
-    return model.model.run_with_hooks(
-        resid, start_at_layer=layer, stop_at_layer=stop, return_type="logits", fwd_hooks=wrapped
-    )
-
-
 @lru_cache(maxsize=256)
 def _block_out_edges(graph: EdgeGraph, layer: int) -> torch.Tensor:
     """Indices of the edges out of block ``layer``'s sources (heads and MLP)."""
@@ -414,14 +395,14 @@ class PatchingEngine:
                 hooks += src_hooks[b] + dst_hooks[b]
             if end == n_layers:
                 hooks += dst_hooks[n_layers]
-                logits = _run_from_layer(self.model, x, m, hooks)
+                logits = self.model.run_blocks(x, m, hooks)
                 return logits.reshape(c, *resid.shape[:2], -1)
-            x = _run_from_layer(self.model, x, m, hooks, stop=end)
+            x = self.model.run_blocks(x, m, hooks, stop=end)
             hooks = []
             m = end
         d = delta(g_all[-1], 0)  # the logits alone: their destination hook is in the last block
         x = x if d is None else x + d.reshape(x.shape)
-        logits = _run_from_layer(self.model, x, n_layers, [])
+        logits = self.model.run_blocks(x, n_layers, [])
         return logits.reshape(c, *resid.shape[:2], -1)
 
     def _hooks_by_block(

@@ -226,20 +226,19 @@ class ModelAdapter:
             return self.model(tokens, return_type="logits")
         return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=wrapped)
 
-    def run_from(
-        self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]], names: Sequence[str]
-    ) -> dict[str, torch.Tensor]:
-        """Run with ``hooks`` and return the activations at ``names`` (no logits kept)."""
-        store: dict[str, torch.Tensor] = {}
-
-        def grab(name: str) -> HookFn:
-            def fn(act: torch.Tensor) -> None:
-                store[name] = act
-
-            return fn
-
-        self.run(tokens, [*hooks, *((n, grab(n)) for n in names)])
-        return store
+    def run_blocks(
+        self,
+        resid: torch.Tensor,
+        start: int,
+        hooks: Sequence[tuple[str, HookFn]],
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Logits of the model run from block ``start`` on the residual stream ``resid``;
+        with ``stop``, the residual stream entering block ``stop`` instead."""
+        wrapped = [(name, _wrap(fn)) for name, fn in hooks]
+        return self.model.run_with_hooks(
+            resid, start_at_layer=start, stop_at_layer=stop, return_type="logits", fwd_hooks=wrapped
+        )
 
 
 def _wrap(fn: HookFn) -> Callable[[torch.Tensor, Any], torch.Tensor | None]:
