@@ -182,21 +182,25 @@ def _heldout_prompts(
 
 @torch.no_grad()
 def _top1(adapter: ModelAdapter, prompts: list[str], right: list[set[int]]) -> float:
+    hits = 0
+    for start in range(0, len(prompts), 100):
+        pred = _final_logits(adapter, prompts[start : start + 100]).argmax(-1).tolist()
+        hits += sum(p in ok for p, ok in zip(pred, right[start : start + 100], strict=True))
+    return hits / len(prompts)
+
+
+def _final_logits(adapter: ModelAdapter, prompts: list[str]) -> torch.Tensor:
+    """Logits ``[n, vocab]`` at each prompt's last token (prompts right-padded)."""
     tok = adapter.tokenizer
     assert tok is not None
     ids = [tok.encode(p, prepend_bos=True) for p in prompts]
-    hits = 0
-    for start in range(0, len(ids), 100):
-        chunk = ids[start : start + 100]
-        width = max(len(x) for x in chunk)
-        tokens = torch.full((len(chunk), width), tok.bos_id or 0, dtype=torch.long)
-        for i, x in enumerate(chunk):
-            tokens[i, : len(x)] = torch.tensor(x)
-        logits = adapter.run(tokens.to(adapter.device))
-        last = torch.tensor([len(x) - 1 for x in chunk], device=logits.device)
-        pred = logits[torch.arange(len(chunk)), last].argmax(-1).tolist()
-        hits += sum(p in ok for p, ok in zip(pred, right[start : start + 100], strict=True))
-    return hits / len(ids)
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), tok.bos_id or 0, dtype=torch.long)
+    for i, x in enumerate(ids):
+        tokens[i, : len(x)] = torch.tensor(x)
+    logits = adapter.run(tokens.to(adapter.device))
+    last = torch.tensor([len(x) - 1 for x in ids], device=logits.device)
+    return logits[torch.arange(len(ids)), last]
 
 
 def heldout_accuracy(
@@ -223,19 +227,12 @@ def greater_than_mass(
     assert tok is not None
     prompts, right = _heldout_prompts("greater_than", tok, n, seed)
     digits = [one_token(tok, d) for d in TWO_DIGITS]
-    ids = [tok.encode(p, prepend_bos=True) for p in prompts]
-    width = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), width), tok.bos_id or 0, dtype=torch.long)
-    for i, x in enumerate(ids):
-        tokens[i, : len(x)] = torch.tensor(x)
-    logits = adapter.run(tokens.to(adapter.device))
-    last = torch.tensor([len(x) - 1 for x in ids], device=logits.device)
-    probs = logits[torch.arange(len(ids)), last].softmax(-1)
+    probs = _final_logits(adapter, prompts).softmax(-1)
     above = sum(probs[i, sorted(ok)].sum().item() for i, ok in enumerate(right))
     below = sum(
         probs[i, [d for d in digits if d not in ok]].sum().item() for i, ok in enumerate(right)
     )
-    return {"above": above / len(ids), "at_or_below": below / len(ids)}
+    return {"above": above / len(prompts), "at_or_below": below / len(prompts)}
 
 
 # ------------------------------------------------------------------------------ training
