@@ -25,9 +25,10 @@ test: install lint
 	bash scripts/ensure-redis.sh
 	$(BIN)/python -m pytest
 
+# The service end to end over HTTP: circuitd up (SQLite store and broker, no Redis) on a free
+# port and a temporary data dir, submit, watch, download, summary; stops it afterwards.
 demo: install
-	$(BIN)/circuitd discover --model zoo:synth --task ioi --method eap-ig --top-n 150 --out demo-circuit.json
-	$(BIN)/circuitd summary demo-circuit.json
+	BIN=$(BIN) bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-circuit.json
