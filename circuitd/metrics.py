@@ -37,7 +37,14 @@ def per_prompt(
     name: str, logits: torch.Tensor, batch: TaskBatch, clean_logprobs: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The metric of every prompt ``[..., B]``."""
-    final = answer_logits(logits, batch).float()
+    return per_prompt_at_answers(name, answer_logits(logits, batch), batch, clean_logprobs)
+
+
+def per_prompt_at_answers(
+    name: str, final: torch.Tensor, batch: TaskBatch, clean_logprobs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`per_prompt` from the logits at the answer positions ``[..., B, V]``."""
+    final = final.float()
     if name == "logit_diff":
         return _set_mean(final, batch.correct, batch.correct_mask) - _set_mean(
             final, batch.incorrect, batch.incorrect_mask

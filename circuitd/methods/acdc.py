@@ -45,6 +45,7 @@ import bisect
 import math
 import os
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,7 @@ import torch
 from circuitd import metrics
 from circuitd.batch import TaskBatch, iter_batches
 from circuitd.edges import EdgeGraph, head_name, mlp_name
+from circuitd.incremental import IncrementalPass, Trial
 from circuitd.methods.base import MethodContext, MethodResult
 from circuitd.patching import CachedPass, PatchingEngine
 from circuitd.selection import above_threshold, top_n
@@ -63,6 +65,7 @@ METRIC_SIGN = {"kl": 1.0, "nll": 1.0, "logit_diff": -1.0, "prob_diff": -1.0}
 DEFAULT_TAU = 0.01
 MAX_ROWS = 256
 CPU_PASS_BYTES = 2**26  # larger passes run slower per circuit on a CPU (caches), not faster
+CPU_TRIAL_BYTES = 2**28  # incremental trials are small: more rows share each operation's overhead
 
 
 # --- the visiting order ---------------------------------------------------------------------
@@ -129,6 +132,7 @@ class _Batch:
     ablated: torch.Tensor
     clean_lp: torch.Tensor | None
     start: CachedPass | None = None
+    inputs: torch.Tensor | None = None  # the clean input source (incremental passes)
 
 
 def _sign(metric: str) -> float:
@@ -138,10 +142,12 @@ def _sign(metric: str) -> float:
 
 
 def _prepare(
-    ctx: MethodContext, engine: PatchingEngine, start: torch.Tensor | None, cached: bool
+    ctx: MethodContext, engine: PatchingEngine, start: torch.Tensor | None, cached: bool,
+    incremental: bool = False,
 ) -> list[_Batch]:
     """Per minibatch: ablated values, clean log-probabilities (kl), and for the fast path
-    the cached pass of the starting circuit ``start`` (bool keep mask; None = all kept)."""
+    the cached pass of the starting circuit ``start`` (bool keep mask; None = all kept), or
+    for incremental passes the clean input."""
     mean = ctx.source_means(engine)
     alpha = None if start is None else (~start).to(ctx.model.device, ctx.model.dtype)
     out = []
@@ -152,8 +158,9 @@ def _prepare(
             lp = None
             if ctx.metric == "kl":
                 lp = metrics.clean_logprobs_of(ctx.model.run(b.clean), b)
-            cp = engine.cached_pass(b.clean, ablated, alpha) if cached else None
-            out.append(_Batch(b, ablated, lp, cp))
+            cp = engine.cached_pass(b.clean, ablated, alpha) if cached and not incremental else None
+            inputs = engine.source_outputs(b.clean)[0] if incremental else None
+            out.append(_Batch(b, ablated, lp, cp, inputs))
     return out
 
 
@@ -254,18 +261,25 @@ class _Branch:
     queue: list[int] = field(default_factory=list)  # this block's candidates, in test order
     pos: int = 0  # next candidate
     span: int = 1  # rows to ask for next time
+    states: list[IncrementalPass] = field(default_factory=list)  # per minibatch, of ``keep``
+    row: int = -1  # the last row of the current trial whose removals this branch took
+    block_tests: int = 0  # tests and kept edges in the current block (for the span planner)
+    block_keeps: int = 0
 
     def split(self, n_low: int) -> _Branch:
-        """A copy holding the ``n_low`` smallest taus, which leave this branch."""
+        """A copy holding the ``n_low`` smallest taus, which leave this branch (its
+        incremental states are the parent's until :meth:`_FastACDC.settle` copies them)."""
         low = _Branch(self.taus[:n_low], self.keep.clone(), self.effects.clone(), self.tested.clone(),
-                      self.current, self.queue, self.pos, self.span)
+                      self.current, self.queue, self.pos, self.span, self.states, self.row,
+                      self.block_tests, self.block_keeps)
         self.taus = self.taus[n_low:]
         return low
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device, incremental: bool = False) -> int:
     """Memory one batch of circuits may use: half the free GPU memory, or on a CPU a
-    quarter of the free memory up to ``CPU_PASS_BYTES``."""
+    quarter of the free memory up to ``CPU_PASS_BYTES`` (``CPU_TRIAL_BYTES`` for
+    incremental trials)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
@@ -273,7 +287,7 @@ def available_bytes(device: torch.device) -> int:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         free = 4 * CPU_PASS_BYTES
-    return min(free // 4, CPU_PASS_BYTES)
+    return min(free // 4, CPU_TRIAL_BYTES if incremental else CPU_PASS_BYTES)
 
 
 def rows_per_pass(model_dtype: torch.dtype, graph: EdgeGraph, n_tokens: int, budget: int) -> int:
@@ -286,12 +300,69 @@ def rows_per_pass(model_dtype: torch.dtype, graph: EdgeGraph, n_tokens: int, bud
     return max(1, min(MAX_ROWS, budget // max(1, n_tokens * item * per_token)))
 
 
+def rows_per_trial(model_dtype: torch.dtype, graph: EdgeGraph, n_tokens: int, budget: int) -> int:
+    """Circuits per incremental trial within ``budget`` bytes: per circuit and token, the
+    new inputs of one attention stage's ports and their per-head copies, the recomputed
+    heads' outputs and changes, and the final logits."""
+    s = graph.shape
+    item = torch.finfo(model_dtype).bits // 8
+    per_token = s.d_model * (12 * s.n_heads + 8) + 2 * s.d_vocab
+    return max(1, min(MAX_ROWS, budget // max(1, n_tokens * item * per_token)))
+
+
+class _SpanPlanner:
+    """Rows per incremental trial. A trial of n candidates decides the candidates up to the
+    first kept one, so with keep probability p it decides ``(1 - (1 - p)^n) / p`` edges on
+    average; its cost at a stage is fitted as ``a + b n`` seconds from the last trials
+    there. The span maximises edges decided per second: wide where a trial's fixed cost
+    dominates (late stages, few nodes to recompute), one where each row costs much (early
+    stages, whose changes reach most of the circuit)."""
+
+    WINDOW = 12
+
+    def __init__(self) -> None:
+        self.samples: dict[int, deque[tuple[int, float]]] = defaultdict(lambda: deque(maxlen=self.WINDOW))
+
+    def record(self, stage: int, rows: int, seconds: float) -> None:
+        self.samples[stage].append((rows, seconds))
+
+    def fit(self, stage: int) -> tuple[float, float] | None:
+        """``(a, b)`` from the stage's recent trials; None until their sizes differ."""
+        pts = self.samples.get(stage)
+        if not pts or len({n for n, _ in pts}) < 2:
+            return None
+        mean_n = sum(n for n, _ in pts) / len(pts)
+        mean_t = sum(t for _, t in pts) / len(pts)
+        var = sum((n - mean_n) ** 2 for n, _ in pts)
+        b = sum((n - mean_n) * (t - mean_t) for n, t in pts) / var
+        a = mean_t - b * mean_n
+        if b <= 0:  # no measurable cost per row
+            return mean_t, mean_t * 1e-3
+        if a < 0:  # no measurable fixed cost
+            return 0.0, b
+        return a, b
+
+    def span(self, stage: int, p_keep: float, limit: int, fallback: int) -> int:
+        """The span for the next trial at ``stage``; before a fit, ``fallback`` (at most the
+        expected run of removals), and then a second size so that a fit exists."""
+        fit = self.fit(stage)
+        if fit is None:
+            sizes = {n for n, _ in self.samples.get(stage, ())}
+            if len(sizes) == 1:
+                (n0,) = sizes
+                return 1 if n0 > 1 else min(limit, 2)
+            return max(1, min(limit, fallback, math.ceil(1 / p_keep)))
+        a, b = fit
+        rates = [(1 - (1 - p_keep) ** n) / (a + b * n) for n in range(1, limit + 1)]
+        return 1 + max(range(len(rates)), key=rates.__getitem__)
+
+
 class _FastACDC:
     """One fast run: the cached passes, the branches of taus, and the work counted."""
 
     def __init__(
         self, ctx: MethodContext, taus: Sequence[float], abs_value: bool, start: torch.Tensor | None,
-        rows: int | None, memory: int | None,
+        rows: int | None, memory: int | None, incremental: bool = True,
     ):
         self.ctx = ctx
         self.graph = ctx.graph
@@ -299,12 +370,17 @@ class _FastACDC:
         self.order = sorted(range(len(taus)), key=lambda i: taus[i])
         self.sorted_taus = [float(taus[i]) for i in self.order]
         self.engine = PatchingEngine(ctx.model, ctx.graph)
-        self.batches = _prepare(ctx, self.engine, start, cached=True)
+        self.incremental = incremental and ctx.model.node_math_supported()
+        self.batches = _prepare(ctx, self.engine, start, True, self.incremental)
         self.start = start
         n_tokens = max(b.batch.clean.numel() for b in self.batches)
-        budget = memory or available_bytes(ctx.model.device)
-        self.rows = rows or rows_per_pass(ctx.model.dtype, ctx.graph, n_tokens, budget)
-        self.adaptive = rows is None and ctx.model.device.type != "cuda"
+        budget = memory or available_bytes(ctx.model.device, self.incremental)
+        per_row = rows_per_trial if self.incremental else rows_per_pass
+        self.rows = rows or per_row(ctx.model.dtype, ctx.graph, n_tokens, budget)
+        offsets = [g.offset for g in ctx.graph.groups]
+        self.group_of = lambda edge: bisect.bisect_right(offsets, edge) - 1
+        self.adaptive = rows is None and (self.incremental or ctx.model.device.type != "cuda")
+        self.planner = _SpanPlanner()
         self.alive = _Liveness(ctx.graph)
         self.evaluations = 0
         self.skipped = 0
@@ -320,6 +396,48 @@ class _FastACDC:
                 ))
         self.evaluations += keep_rows.shape[0]
         return torch.cat(vals).tolist()
+
+    def _metric_of_logits(self, logits_of: Callable[[int, _Batch], torch.Tensor]) -> list[float]:
+        """The metric to minimise ``[R]`` from each minibatch's answer logits ``[R, B, V]``."""
+        total: torch.Tensor | None = None
+        for i, item in enumerate(self.batches):
+            logits = logits_of(i, item)
+            vals = metrics.per_prompt_at_answers(self.ctx.metric, logits, item.batch, item.clean_lp).double()
+            total = vals.sum(-1) if total is None else total + vals.sum(-1)
+        assert total is not None
+        return (_sign(self.ctx.metric) * total / len(self.ctx.task)).tolist()
+
+    def start_states(self, keep: torch.Tensor) -> tuple[list[IncrementalPass], float]:
+        """Incremental passes of the circuit ``keep`` (one per minibatch) and its metric."""
+        states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep)
+                  for b in self.batches]
+        value = self._metric_of_logits(lambda i, b: states[i].logits()[None])[0]
+        self.evaluations += 1
+        return states, value
+
+    def trial_rows(self, br: _Branch, cand: list[int]) -> tuple[list[Trial], list[float]]:
+        """Circuit j = ``br.keep`` minus candidates 0..j, on the branch's incremental passes."""
+        g_index = self.group_of(cand[0])
+        g = self.graph.groups[g_index]
+        removed = torch.zeros(len(cand), g.n_dest, g.n_src, dtype=torch.bool, device=self.ctx.model.device)
+        for j, e in enumerate(cand):
+            port, src = divmod(e - g.offset, g.n_src)
+            removed[j:, port, src] = True
+        trials = [state.trial(g_index, removed) for state in br.states]
+        self.evaluations += len(cand)
+        return trials, self._metric_of_logits(lambda i, b: trials[i].logits)
+
+    @staticmethod
+    def settle(branches: list[_Branch], trials: list[Trial]) -> None:
+        """After :meth:`decide` on one branch (``branches[0]``; the rest split off it): each
+        takes the rows it accepted into its own incremental passes."""
+        parent = branches[0]
+        for low in branches[1:]:
+            low.states = [st.clone(low.keep) for st in parent.states]
+        for br in branches:
+            if br.row >= 0:
+                for st, tr in zip(br.states, trials, strict=True):
+                    st.commit(tr, br.row)
 
     def queue(self, br: _Branch, block: list[DestNode]) -> list[int]:
         """The block's candidates for this branch; drops the edges of nodes without a kept
@@ -341,6 +459,7 @@ class _FastACDC:
         """Walk the rows of one branch in order: the decision of every tau at each
         candidate, splitting the branch where the taus disagree. Returns the branches."""
         out = []
+        br.row = -1
         for j, e in enumerate(cand):
             effect = values[j] - br.current
             test = abs(effect) if self.abs_value else effect
@@ -350,16 +469,20 @@ class _FastACDC:
             if n_keep == len(br.taus):  # every tau keeps e: the later rows assumed it removed
                 br.pos += j + 1
                 br.span = max(1, 2 * (j + 1))
+                br.block_tests, br.block_keeps = br.block_tests + j + 1, br.block_keeps + 1
                 return [br, *out]
             if n_keep:
                 low = br.split(n_keep)
                 low.pos += j + 1
                 low.span = max(1, 2 * (j + 1))
+                low.block_tests, low.block_keeps = low.block_tests + j + 1, low.block_keeps + 1
                 out.append(low)
             br.keep[e] = False
             br.current = values[j]
+            br.row = j
         br.pos += len(cand)
         br.span = 2 * br.span
+        br.block_tests += len(cand)
         return [br, *out]
 
     def run(self) -> ACDCRun:
@@ -367,14 +490,20 @@ class _FastACDC:
         ctx, graph = self.ctx, self.graph
         keep = torch.ones(graph.n_edges, dtype=torch.bool) if self.start is None else self.start.cpu().clone()
         zeros = torch.zeros(graph.n_edges, dtype=torch.float64)
-        current = self.metric_rows(graph.shape.n_layers, keep[None])[0]
-        branches = [_Branch(list(range(len(self.sorted_taus))), keep, zeros, zeros.bool(), current)]
+        states: list[IncrementalPass] = []
+        if self.incremental:
+            states, current = self.start_states(keep)
+        else:
+            current = self.metric_rows(graph.shape.n_layers, keep[None])[0]
+        branches = [_Branch(list(range(len(self.sorted_taus))), keep, zeros, zeros.bool(), current,
+                            states=states)]
         branches[0].span = self.rows
         order = visit_order(graph)
         done = 0
         for block in order:
             for br in branches:
                 br.queue, br.pos = self.queue(br, block), 0
+                br.block_tests = br.block_keeps = 0
             size = sum(len(n.edges) for n in block)
             self._report(done, branches, block, size)
             while True:
@@ -385,19 +514,34 @@ class _FastACDC:
                 share = max(1, self.rows // len(active))
                 cands, rows = [], []
                 for br in active:
-                    span = min(share, br.span) if self.adaptive else share
+                    span = share
+                    if self.adaptive and self.incremental:
+                        p_keep = (br.block_keeps + 1) / (br.block_tests + 2)
+                        span = self.planner.span(self.group_of(br.queue[br.pos]), p_keep, share, br.span)
+                    elif self.adaptive:
+                        span = min(share, br.span)
                     cand = br.queue[br.pos : br.pos + max(1, span)]
-                    r = br.keep.repeat(len(cand), 1)
-                    for j, e in enumerate(cand):
-                        r[j:, e] = False
                     cands.append(cand)
-                    rows.append(r)
-                values = self.metric_rows(block[0].start, torch.cat(rows))
+                    if not self.incremental:
+                        r = br.keep.repeat(len(cand), 1)
+                        for j, e in enumerate(cand):
+                            r[j:, e] = False
+                        rows.append(r)
                 new = [br for br in branches if br.pos >= len(br.queue)]
-                at = 0
-                for br, cand in zip(active, cands, strict=True):
-                    new += self.decide(br, cand, values[at : at + len(cand)])
-                    at += len(cand)
+                if self.incremental:
+                    for br, cand in zip(active, cands, strict=True):
+                        t_trial = time.perf_counter()
+                        trials, values = self.trial_rows(br, cand)
+                        self.planner.record(self.group_of(cand[0]), len(cand), time.perf_counter() - t_trial)
+                        out = self.decide(br, cand, values)
+                        self.settle(out, trials)
+                        new += out
+                else:
+                    values = self.metric_rows(block[0].start, torch.cat(rows))
+                    at = 0
+                    for br, cand in zip(active, cands, strict=True):
+                        new += self.decide(br, cand, values[at : at + len(cand)])
+                        at += len(cand)
                 branches = sorted(new, key=lambda b: b.taus[0])
                 self._report(done, branches, block, size)
             done += size
@@ -435,13 +579,15 @@ def acdc_fast(
     start: torch.Tensor | None = None,
     rows: int | None = None,
     memory: int | None = None,
+    incremental: bool = True,
 ) -> ACDCRun:
     """ACDC with the reference's decisions for every tau of ``taus`` in one run (see the
     module docstring). ``start``: the starting circuit (bool keep mask; default every
     edge); ``rows``: circuits per pass, else as many as ``memory`` bytes hold (default:
-    :func:`available_bytes`)."""
+    :func:`available_bytes`); ``incremental``: test edges by incremental passes where the
+    architecture allows (else, and with False, by passes from the cached prefix)."""
     taus = [taus] if isinstance(taus, int | float) else list(taus)
-    return _FastACDC(ctx, taus, abs_value, start, rows, memory).run()
+    return _FastACDC(ctx, taus, abs_value, start, rows, memory, incremental).run()
 
 
 # --- the method -----------------------------------------------------------------------------

@@ -86,6 +86,18 @@ def _fuse_layer_norms(model: Any) -> None:
             module.forward = _fused_forward(module, affine=isinstance(module, LayerNorm))
 
 
+def _normalize(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a normalisation module, in one ``F.layer_norm`` call where the
+    module is a LayerNorm (scale and shift included) and runs in the model's dtype."""
+    from transformer_lens.components import LayerNorm, LayerNormPre
+
+    if isinstance(module, LayerNorm | LayerNormPre) and module.cfg.dtype in (torch.float32, torch.float64):
+        if isinstance(module, LayerNorm):
+            return F.layer_norm(x, (x.shape[-1],), module.w, module.b, eps=module.eps)
+        return F.layer_norm(x, (x.shape[-1],), eps=module.eps)
+    return module(x)
+
+
 def _fused_forward(module: Any, affine: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         dtype = module.cfg.dtype
@@ -218,6 +230,83 @@ class ModelAdapter:
         mean_v = (g @ w.mean(1).unsqueeze(-1)).squeeze(-1)  # [3H, N]
         v_xhat = (g * torch.matmul(xhat, w)).sum(-1)  # [3H, N]: sum_d v * xhat via W's columns
         return FactoredGrad(full, mean_v, v_xhat / x.shape[-1], xhat)
+
+    # Single nodes computed from their inputs (incremental patched passes).
+    def node_math_supported(self) -> bool:
+        """Whether :meth:`head_project`, :meth:`head_attend`, :meth:`mlp_output` and
+        :meth:`logits_of` compute what the model's own blocks do: pre-norm blocks, causal
+        attention with standard or rotary positions, one key/value head per head, no caps,
+        clips, sinks or q/k norms."""
+        from transformer_lens.utilities.activation_functions import softcap_enabled
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+        cfg = self.model.cfg
+        return (
+            cfg.original_architecture not in POST_NORM_ARCHITECTURES
+            and not cfg.use_normalization_before_and_after
+            and cfg.positional_embedding_type in ("standard", "rotary")
+            and cfg.attention_dir == "causal"
+            and not getattr(cfg, "n_key_value_heads", None)
+            and not cfg.use_qk_norm
+            and cfg.clip_qkv is None
+            and not cfg.use_logn_attn
+            and not cfg.use_dynamic_ntk_rope
+            and not cfg.use_local_attn
+            and not getattr(cfg, "use_attention_sinks", False)
+            and not cfg.load_in_4bit
+            and not softcap_enabled(cfg.attn_scores_soft_cap)
+        )
+
+    def head_project(self, layer: int, heads: torch.Tensor, which: int, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys or values (``which`` 0, 1, 2) ``[..., H', P, E]`` of the heads
+        ``heads`` of ``layer`` from their residual inputs ``[..., H', P, D]``: the block's
+        first LayerNorm, the projection and its bias, rotary positions for queries and keys
+        (positions 0..P-1)."""
+        block = self.model.blocks[layer]
+        attn = block.attn
+        w = (attn.W_Q, attn.W_K, attn.W_V)[which][heads]  # [H', D, E]
+        b = (attn.b_Q, attn.b_K, attn.b_V)[which][heads]  # [H', E]
+        y = _normalize(block.ln1, x) @ w + b[:, None, :]
+        if which < 2 and self.rotary():
+            lead = y.shape[:-3]
+            flat = y.reshape(-1, *y.shape[-3:]).transpose(1, 2)  # [N, P, H', E]
+            y = attn.apply_rotary(flat).transpose(1, 2).reshape(*lead, *y.shape[-3:])
+        return y
+
+    def rotary(self) -> bool:
+        return self.model.cfg.positional_embedding_type == "rotary"
+
+    def head_attend(
+        self, layer: int, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """Head outputs ``[..., H', Q, D]`` (no ``b_O``) from queries ``[..., H', Q, E]`` and
+        keys and values ``[..., H', P, E]`` (broadcast), where query i sees key j when
+        ``visible[..., i, j]`` (broadcast; the causal mask)."""
+        attn = self.model.blocks[layer].attn
+        if self.model.cfg.dtype not in (torch.float32, torch.float64):
+            q, k = q.float(), k.float()
+        scores = (q @ k.transpose(-1, -2) / attn.attn_scale).masked_fill(~visible, float("-inf"))
+        z = scores.softmax(-1).to(v.dtype) @ v
+        return z @ attn.W_O[heads]
+
+    def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """The MLP output of ``layer`` (``hook_mlp_out``) for its input ``resid [..., P, D]``."""
+        block = self.model.blocks[layer]
+        return block.apply_mlp(_normalize(block.ln2, resid))
+
+    def attn_output_bias(self, layer: int) -> torch.Tensor:
+        """``b_O`` of ``layer``: added to the residual stream with the heads' outputs."""
+        return self.model.blocks[layer].attn.b_O
+
+    def logits_of(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits from the final residual stream ``[..., D]`` (final norm, unembedding)."""
+        from transformer_lens.utilities.activation_functions import apply_softcap
+
+        m = self.model
+        x = _normalize(m.ln_final, resid) if m.cfg.normalization_type is not None else resid
+        logits = torch.addmm(m.unembed.b_U, x.reshape(-1, x.shape[-1]), m.unembed.W_U)
+        return apply_softcap(logits.view(*x.shape[:-1], -1), m.cfg.output_logits_soft_cap)
 
     def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
         """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""

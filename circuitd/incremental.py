@@ -1,0 +1,404 @@
+"""Incremental patched passes: one circuit's node values kept, and circuits that differ
+from it in a few edges evaluated by recomputing only the nodes those edges reach.
+
+The semantics are the patching engine's (REFERENCE §2, :mod:`circuitd.patching`): a
+destination input is, for every source it may read, the source's output in this circuit
+when the edge is kept and the source's ablated value when it is not, plus the attention
+output biases of the layers it reads. So removing an edge ``u -> v`` adds ``ablated_u -
+out_u`` to v's input; v's output then changes, and the change reaches only the
+destinations that keep an edge from v, and so on. ACDC tests edges of a circuit that is
+mostly pruned already, so a test recomputes a few nodes instead of the whole model.
+
+A *stage* is one destination group of the edge graph (the heads of a layer, an MLP, the
+logits); its *ports* are the group's destination inputs in the group's edge layout
+(``[qkv, head]`` for attention), so the edges into a stage are ``[ports, sources]``.
+
+Positions. The metric reads the logits at the answer positions only. A node whose kept
+edges reach the logits only through MLPs and head queries is needed at the answer
+positions only (an *answer node*; every other node is a *full node*): keys and values
+need every position, queries and MLPs only the positions asked of them. Trials compute
+answer nodes at one position per prompt. Nodes only lose kept edges as ACDC proceeds, so
+a node never turns from an answer node into a full one; an answer node's values at the
+other positions go stale and are never read again.
+
+Needs the adapter's per-node computation (:meth:`ModelAdapter.node_math_supported`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from circuitd.edges import DestGroup, EdgeGraph
+from circuitd.models.adapter import ModelAdapter
+
+
+@dataclass
+class Trial:
+    """New values of R circuits that differ from the kept one in one stage's edges."""
+
+    # (stage, ports, new inputs): full ports [R, p, B, P, D], answer ports [R, p, B, D]
+    ports_full: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    ports_ans: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # (nodes, new outputs): full nodes [R, k, B, P, D], answer nodes [R, k, B, D]
+    nodes_full: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    nodes_ans: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # (layer, heads, 0/1/2 for queries/keys/values, new [R, B, H', P, E]; answer queries
+    # [R, B, H', 1, E])
+    qkv: list[tuple[int, torch.Tensor, int, torch.Tensor]] = field(default_factory=list)
+    final: torch.Tensor | None = None  # [R, B, D]
+    logits: torch.Tensor | None = None  # [R, B, V] at the answer positions
+
+
+@dataclass
+class _Modes:
+    """Which nodes and ports are full (every position) rather than answer-only."""
+
+    node_full: torch.Tensor  # [n_sources] bool
+    port_full: list[torch.Tensor]  # per stage [ports] bool
+
+
+@dataclass
+class _Change:
+    """Nodes of one stage recomputed in a trial: their change, at every position for full
+    nodes (``delta [k, R, B, P, D]``), and at the answer positions (``ans [k, R, B, D]``)."""
+
+    nodes: torch.Tensor
+    last: int  # the largest node index
+    delta: torch.Tensor | None
+    ans: torch.Tensor
+
+
+class IncrementalPass:
+    """The node values of the circuit ``keep`` on one batch of prompts.
+
+    ``keep [n_edges]`` is read, not copied. The caller changes it only by removing the
+    edges of a trial row it commits, or edges into nodes that no kept edge reads, and
+    runs trials stage by stage from the logits backwards (ACDC's order): the edges out of
+    the stages at and after a trial's stage do not change while trials run there."""
+
+    def __init__(
+        self,
+        model: ModelAdapter,
+        graph: EdgeGraph,
+        inputs: torch.Tensor,
+        ablated: torch.Tensor,
+        answer_pos: torch.Tensor,
+        keep: torch.Tensor,
+    ):
+        """``inputs [B, P, D]``: the clean input source; ``ablated [S, B, P, D]``: every
+        source's ablated value; ``answer_pos [B]``."""
+        if not model.node_math_supported():
+            raise ValueError(f"{model.model_id}: incremental passes do not support this architecture")
+        self.model = model
+        self.graph = graph
+        self.keep = keep
+        b, p, _ = inputs.shape
+        dev = inputs.device
+        self.batch = torch.arange(b, device=dev)
+        self.answer_pos = answer_pos.to(dev)
+        self.visible_full = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        seen = torch.arange(p, device=dev)[None, :] <= self.answer_pos[:, None]
+        self.visible_ans = seen[:, None, None, :]  # [B, 1, 1, P]: keys an answer query sees
+        self.ablated = ablated
+        self.abl_ans = self._at_answers(ablated)
+        self.out = torch.empty_like(ablated)
+        self.out[0] = inputs
+        self.port_in: list[torch.Tensor] = []
+        self.port_ans: list[torch.Tensor] = []
+        self.qkv: dict[int, torch.Tensor] = {}  # layer -> [3, B, H, P, E] queries, keys, values
+        self.const = [self._bias_of(g) for g in graph.groups]
+        self._modes_at: tuple[int, _Modes] | None = None
+        with torch.no_grad():
+            for gi, g in enumerate(graph.groups):
+                k = self._edges(g).to(ablated.dtype)  # [ports, n_src]
+                n = g.n_src
+                flat = k @ self.out[:n].flatten(1) + (1 - k) @ ablated[:n].flatten(1)
+                flat = flat.view(-1, *inputs.shape) + self.const[gi]
+                self.port_in.append(flat)
+                self.port_ans.append(self._at_answers(flat))
+                if g.kind == "logits":
+                    continue
+                nodes, new = self._initial_outputs(g, flat)
+                self.out[nodes] = new
+        self.diff = ablated - self.out
+        self.out_ans = self._at_answers(self.out)
+        self.diff_ans = self.abl_ans - self.out_ans
+        self.final = self.port_ans[-1][0].clone()  # [B, D]
+
+    def _initial_outputs(self, g: DestGroup, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node of stage ``g`` at every position, from its ports ``flat [ports, B, P, D]``."""
+        dev = flat.device
+        if g.kind == "mlp":
+            return torch.tensor([self.graph.mlp_source(g.layer)], device=dev), self.model.mlp_output(
+                g.layer, flat[0]
+            ).unsqueeze(0)
+        heads = torch.arange(g.n_heads, device=dev)
+        x = flat.view(g.n_qkv, g.n_heads, *flat.shape[1:]).transpose(1, 2)  # [X, B, H, P, D]
+        q, k, v = (self.model.head_project(g.layer, heads, w, x[w % g.n_qkv]) for w in range(3))
+        self.qkv[g.layer] = torch.stack([q, k, v])
+        out = self.model.head_attend(g.layer, heads, q, k, v, self.visible_full)  # [B, H, P, D]
+        return self.graph.head_source(g.layer, 0) + heads, out.transpose(0, 1)
+
+    # --- layout ---------------------------------------------------------------------------
+    def _edges(self, g: DestGroup) -> torch.Tensor:
+        """``keep``'s block for group ``g`` as ``[ports, n_src]``."""
+        return self.keep[g.offset : g.stop].view(g.n_dest, g.n_src).to(self.out.device)
+
+    def _bias_of(self, g: DestGroup) -> torch.Tensor:
+        """The attention output biases in a destination's input: those of every layer whose
+        heads it may read."""
+        total = torch.zeros(self.graph.shape.d_model, device=self.out.device, dtype=self.out.dtype)
+        for layer in range(self.graph.shape.n_layers):
+            if self.graph.head_source(layer, 0) < g.n_src:
+                total = total + self.model.attn_output_bias(layer).to(total.dtype)
+        return total
+
+    def _at_answers(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., B, P, D]`` at each prompt's answer position: ``[..., B, D]``."""
+        return x[..., self.batch, self.answer_pos, :]
+
+    def _modes(self, gi: int) -> _Modes:
+        """Full and answer nodes and ports, from the kept edges (fixed while trials run at
+        stage ``gi``: only the edges out of later stages matter for stages >= gi)."""
+        if self._modes_at is not None and self._modes_at[0] == gi:
+            return self._modes_at[1]
+        graph = self.graph
+        node_full = torch.zeros(graph.n_sources, dtype=torch.bool, device=self.out.device)
+        port_full: list[torch.Tensor] = [node_full[:0]] * len(graph.groups)
+        answer_queries = not self.model.rotary()  # rotary queries need their positions
+        for gj in reversed(range(len(graph.groups))):
+            g = graph.groups[gj]
+            if g.kind == "logits":
+                pf = torch.zeros(1, dtype=torch.bool, device=node_full.device)
+            elif g.kind == "mlp":
+                pf = node_full[graph.mlp_source(g.layer)].view(1)
+            else:
+                lo = graph.head_source(g.layer, 0)
+                pf = torch.ones(g.n_qkv, g.n_heads, dtype=torch.bool, device=node_full.device)
+                if g.n_qkv == 3 and answer_queries:
+                    pf[0] = node_full[lo : lo + g.n_heads]
+                pf = pf.flatten()
+            port_full[gj] = pf
+            node_full[: g.n_src] |= (self._edges(g) & pf[:, None]).any(0)
+        modes = _Modes(node_full, port_full)
+        self._modes_at = (gi, modes)
+        return modes
+
+    # --- evaluation -----------------------------------------------------------------------
+    def logits(self) -> torch.Tensor:
+        """Logits of the kept circuit at the answer positions ``[B, V]``."""
+        with torch.no_grad():
+            return self.model.logits_of(self.final)
+
+    def trial(self, gi: int, removed: torch.Tensor) -> Trial:
+        """Circuits ``keep`` minus ``removed [R, ports, n_src]`` (bool, edges of stage
+        ``gi``, each one kept now): the stage and every node they reach, recomputed."""
+        graph = self.graph
+        g = graph.groups[gi]
+        r = removed.shape[0]
+        modes = self._modes(gi)
+        rec, changes = Trial(), []
+        touched = removed.any(0)
+        srcs = touched.any(0).nonzero().squeeze(1)
+        bpd = self.out.shape[1:]
+        with torch.no_grad():
+            coef = removed[:, :, srcs].to(self.out.dtype)  # [R, ports, s]
+            if g.kind == "logits":
+                final = self.final + torch.einsum("rs,sbd->rbd", coef[:, 0], self.diff_ans[srcs])
+            else:
+                ports = touched.any(1).nonzero().squeeze(1)
+                pf = modes.port_full[gi][ports]
+                pfull, pans = ports[pf], ports[~pf]
+                add = torch.einsum("rps,sn->rpn", coef[:, pfull], self.diff[srcs].flatten(1))
+                new_full = _rows(self.port_in[gi], pfull) + add.view(r, -1, *bpd)
+                add = torch.einsum("rps,sn->rpn", coef[:, pans], self.diff_ans[srcs].flatten(1))
+                new_ans = _rows(self.port_ans[gi], pans) + add.view(r, -1, bpd[0], bpd[2])
+                self._stage(rec, changes, modes, gi, pfull, new_full, pans, new_ans)
+                final = self.final.expand(r, *self.final.shape)
+                for gj in range(gi + 1, len(graph.groups)):
+                    final = self._propagate(rec, changes, modes, gj, r, final)
+            rec.final = final
+            rec.logits = self.model.logits_of(final)
+        return rec
+
+    def _propagate(
+        self, rec: Trial, changes: list[_Change], modes: _Modes, gj: int, r: int, final: torch.Tensor
+    ) -> torch.Tensor:
+        """Stage ``gj``'s ports that keep an edge from a changed node take the changes, and
+        its nodes are recomputed; for the logits, the final residual stream changes."""
+        g = self.graph.groups[gj]
+        kept = self._edges(g)
+        readable = [c for c in changes if c.last < g.n_src]
+        weights = [kept[:, c.nodes] for c in readable]  # [ports, k] each
+        reads_full = reads_any = None
+        for c, w in zip(readable, weights, strict=True):
+            hit = w.any(1)
+            reads_any = hit if reads_any is None else reads_any | hit
+            if c.delta is not None:
+                reads_full = hit if reads_full is None else reads_full | hit
+        if reads_any is None or not bool(reads_any.any()):
+            return final
+        dtype = self.out.dtype
+        if g.kind == "logits":
+            for c, w in zip(readable, weights, strict=True):
+                final = final + torch.einsum("c,crbd->rbd", w[0].to(dtype), c.ans)
+            return final
+        pf = modes.port_full[gj]
+        pfull = (pf & reads_full).nonzero().squeeze(1) if reads_full is not None else pf.nonzero()[:0, 0]
+        pans = (~pf & reads_any).nonzero().squeeze(1)
+        bpd = self.out.shape[1:]
+        new_full = _rows(self.port_in[gj], pfull).unsqueeze(0)
+        new_ans = _rows(self.port_ans[gj], pans).unsqueeze(0)
+        for c, w in zip(readable, weights, strict=True):
+            if c.delta is not None and pfull.numel():
+                add = torch.einsum("pc,crn->rpn", w[pfull].to(dtype), c.delta.flatten(2))
+                new_full = new_full + add.view(r, -1, *bpd)
+            if pans.numel():
+                new_ans = new_ans + torch.einsum("pc,crbd->rpbd", w[pans].to(dtype), c.ans)
+        new_full = new_full.expand(r, *new_full.shape[1:])
+        new_ans = new_ans.expand(r, *new_ans.shape[1:])
+        self._stage(rec, changes, modes, gj, pfull, new_full, pans, new_ans)
+        return final
+
+    def _stage(
+        self, rec: Trial, changes: list[_Change], modes: _Modes, gi: int,
+        pfull: torch.Tensor, new_full: torch.Tensor, pans: torch.Tensor, new_ans: torch.Tensor,
+    ) -> None:
+        """Recompute the nodes of stage ``gi`` that own the ports with new inputs (full
+        ports ``pfull`` with ``new_full [R, p, B, P, D]``, answer ports ``pans`` with
+        ``new_ans [R, p, B, D]``) and record everything in ``rec`` and ``changes``."""
+        g = self.graph.groups[gi]
+        rec.ports_full.append((gi, pfull, new_full))
+        rec.ports_ans.append((gi, pans, new_ans))
+        if g.kind == "mlp":
+            node = torch.tensor([self.graph.mlp_source(g.layer)], device=pfull.device)
+            if pfull.numel():
+                out = self.model.mlp_output(g.layer, new_full[:, 0])
+            else:
+                out = self.model.mlp_output(g.layer, new_ans[:, 0].unsqueeze(-2)).squeeze(-2)
+            self._record(rec, changes, node, out.unsqueeze(1), bool(pfull.numel()))
+            return
+        h = g.n_heads
+        heads = torch.unique(torch.cat([pfull, pans]) % h)
+        lo = self.graph.head_source(g.layer, 0)
+        full = modes.node_full[lo + heads]
+        for hs, is_full in ((heads[full], True), (heads[~full], False)):
+            if hs.numel():
+                self._heads(rec, changes, gi, hs, is_full, pfull, new_full, pans, new_ans)
+
+    def _heads(
+        self, rec: Trial, changes: list[_Change], gi: int, hs: torch.Tensor, is_full: bool,
+        pfull: torch.Tensor, new_full: torch.Tensor, pans: torch.Tensor, new_ans: torch.Tensor,
+    ) -> None:
+        """Outputs of heads ``hs`` of stage ``gi`` (all full or all answer nodes)."""
+        g = self.graph.groups[gi]
+        h = g.n_heads
+        qkv = []
+        for which in range(3):
+            x = which if g.n_qkv == 3 else 0
+            want = x * h + hs
+            answer_query = which == 0 and not is_full
+            if answer_query and g.n_qkv == 3:
+                inp, changed = _assemble(want, pans, new_ans, self.port_ans[gi])  # [R', H', B, D]
+            else:
+                inp, changed = _assemble(want, pfull, new_full, self.port_in[gi])  # [R', H', B, P, D]
+                if answer_query:  # one input for q, k and v: read it at the answer positions
+                    inp = self._at_answers(inp)
+            if not changed:  # the kept queries, keys or values
+                kept = self.qkv[g.layer][which][:, hs]  # [B, H', P, E]
+                if answer_query:
+                    kept = kept[self.batch, :, self.answer_pos].unsqueeze(-2)
+                qkv.append(kept.unsqueeze(0))
+                continue
+            inp = inp.transpose(1, 2).unsqueeze(-2) if answer_query else inp.transpose(1, 2)
+            y = self.model.head_project(g.layer, hs, which, inp)  # [R, B, H', P or 1, E]
+            rec.qkv.append((g.layer, hs, which, y))
+            qkv.append(y)
+        visible = self.visible_full if is_full else self.visible_ans
+        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [R, B, H', Q, D]
+        r = max(t.shape[0] for t in qkv)
+        out = out.expand(r, *out.shape[1:]).transpose(1, 2)  # [R, H', B, Q, D]
+        nodes = self.graph.head_source(g.layer, 0) + hs
+        self._record(rec, changes, nodes, out if is_full else out.squeeze(-2), is_full)
+
+    def _record(
+        self, rec: Trial, changes: list[_Change], nodes: torch.Tensor, new: torch.Tensor, full: bool
+    ) -> None:
+        last = int(nodes[-1])
+        if full:
+            rec.nodes_full.append((nodes, new))
+            delta = (new - _rows(self.out, nodes)).transpose(0, 1)
+            changes.append(_Change(nodes, last, delta, self._at_answers(delta)))
+        else:
+            rec.nodes_ans.append((nodes, new))
+            changes.append(_Change(nodes, last, None, (new - _rows(self.out_ans, nodes)).transpose(0, 1)))
+
+    def commit(self, rec: Trial, row: int) -> None:
+        """Make circuit ``row`` of a trial the kept one (the caller removes its edges from
+        ``keep``)."""
+        for gi, ports, new in rec.ports_full:
+            self.port_in[gi][ports] = new[row]
+            self.port_ans[gi][ports] = self._at_answers(new[row])
+        for gi, ports, new in rec.ports_ans:
+            self.port_ans[gi][ports] = new[min(row, new.shape[0] - 1)]
+        for nodes, new in rec.nodes_full:
+            self.out[nodes] = new[row]
+            self.diff[nodes] = self.ablated[nodes] - new[row]
+            self.out_ans[nodes] = self._at_answers(new[row])
+            self.diff_ans[nodes] = self.abl_ans[nodes] - self.out_ans[nodes]
+        for nodes, new in rec.nodes_ans:
+            self.out_ans[nodes] = new[row]
+            self.diff_ans[nodes] = self.abl_ans[nodes] - new[row]
+        for layer, hs, which, new in rec.qkv:
+            kept = self.qkv[layer][which]  # [B, H, P, E]
+            if new.shape[-2] == 1 < kept.shape[-2]:  # answer queries
+                kept[self.batch[:, None], hs[None, :], self.answer_pos[:, None]] = new[row, :, :, 0]
+            else:
+                kept[:, hs] = new[row]
+        assert rec.final is not None
+        self.final = rec.final[row].clone()
+
+    def clone(self, keep: torch.Tensor) -> IncrementalPass:
+        """An independent copy for the circuit ``keep`` (a copy of this one's: a branch of a
+        tau sweep)."""
+        new = object.__new__(IncrementalPass)
+        new.__dict__.update(self.__dict__)
+        new.keep = keep
+        for name in ("out", "diff", "out_ans", "diff_ans", "final"):
+            setattr(new, name, getattr(self, name).clone())
+        new.port_in = [p.clone() for p in self.port_in]
+        new.port_ans = [p.clone() for p in self.port_ans]
+        new.qkv = {k: v.clone() for k, v in self.qkv.items()}
+        return new
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` for sorted indices, as a view where they are a contiguous run."""
+    n = idx.numel()
+    if n and int(idx[-1]) - int(idx[0]) == n - 1:
+        lo = int(idx[0])
+        return t[lo : lo + n]
+    return t[idx]
+
+
+def _assemble(
+    want: torch.Tensor, ports: torch.Tensor, new: torch.Tensor, cached: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
+    """Inputs of ports ``want`` ``[R', len(want), ...]``: the new values ``new [R, p, ...]``
+    of those in ``ports`` (sorted), the cached ``cached [all ports, ...]`` of the rest; and
+    whether any is new (if not, R' = 1)."""
+    base = _rows(cached, want).unsqueeze(0)
+    if not ports.numel():
+        return base, False
+    idx = torch.searchsorted(ports, want).clamp(max=ports.numel() - 1)
+    hit = ports[idx] == want
+    if not bool(hit.any()):
+        return base, False
+    out = base.repeat(new.shape[0], *([1] * (base.ndim - 1)))
+    out[:, hit] = new[:, idx[hit]]
+    return out, True
+
+
+__all__ = ["IncrementalPass", "Trial"]
