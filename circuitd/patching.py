@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 
 from circuitd.edges import DestGroup, EdgeGraph
-from circuitd.models.adapter import FactoredGrad, HookFn, ModelAdapter
+from circuitd.models.adapter import HookFn, ModelAdapter
 
 ABLATIONS = ("resample", "zero", "mean")
 
@@ -94,28 +94,6 @@ class _BufferSink:
         k = current.shape[0]
         self.buffer[self.n : self.n + k].copy_(current.detach())
         self.n += k
-
-
-def _xhat_dots(diff: torch.Tensor, per_layer: list[FactoredGrad]) -> torch.Tensor:
-    """``[L, S, N]``: every source's diff dotted with each layer's ``xhat`` at every
-    position (one transposed copy of the diff and one batched product for all layers)."""
-    if not per_layer:
-        return diff.new_zeros(0)
-    s_n, d = diff.shape[0], diff.shape[-1]
-    by_pos = diff.reshape(s_n, -1, d).transpose(0, 1).contiguous()  # [N, S, D]
-    xhats = torch.stack([f.xhat for f in per_layer], dim=-1)  # [N, D, L]
-    return torch.bmm(by_pos, xhats).permute(2, 1, 0)  # [L, S, N]
-
-
-def _factored_scores(
-    grad: FactoredGrad, flat_diff: torch.Tensor, row_sums: torch.Tensor, dot_xhat: torch.Tensor
-) -> torch.Tensor:
-    """``[3H, S]`` scores of q/k/v head inputs whose gradients are factored as
-    ``full - a * 1 - b * xhat`` per position. ``flat_diff [S, N*D]``; ``row_sums`` and
-    ``dot_xhat`` ``[S, N]`` hold each source's diff summed over d_model, and dotted with
-    ``xhat``, at every position."""
-    full = grad.full.reshape(grad.full.shape[0], -1) @ flat_diff.T
-    return full - grad.a @ row_sums.T - grad.b @ dot_xhat.T
 
 
 class _HeadProbe:
@@ -447,36 +425,41 @@ class PatchingEngine:
         shared = self.model.shared_head_input_grads_supported()
         diff = self._source_buffer(tokens)
         scores = torch.zeros(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
-        row_sums: torch.Tensor | None = None
-        for k in (steps, *range(1, steps)):
+        workspace: list[torch.Tensor] = []  # one head-input gradient buffer, reused by every layer
+        for i, k in enumerate((steps, *range(1, steps))):
             inputs = self._input_hooks(k / steps, baseline, diff)
             if shared:
                 with self.model.shared_head_inputs():
                     grads = self._dest_grads_shared(tokens, metric_fn, inputs)
             else:
                 grads = self._dest_grads_split(tokens, metric_fn, inputs)
-            if row_sums is None:  # after the clean step: the buffer becomes ablated - clean
+            if i == 0:  # after the clean step: the buffer becomes ablated - clean
                 torch.sub(ablated, diff, out=diff)
-                row_sums = diff.sum(-1).flatten(1)  # [S, B*P]
-            self._contract(grads, diff, row_sums, scores)
+            self._contract(grads, diff, scores, workspace)
         return scores / steps
 
     def _contract(
-        self, grads: list, diff: torch.Tensor, row_sums: torch.Tensor, scores: torch.Tensor
+        self, grads: list, diff: torch.Tensor, scores: torch.Tensor, workspace: list[torch.Tensor]
     ) -> None:
-        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``."""
+        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``. Attention
+        gradients come per head input ``[H, B, P, D]`` for each of q, k, v, or per layer as
+        ``(layer, grads at q/k/v, resid_pre)``, turned into the q/k/v head-input gradients
+        of every head here, one layer at a time, in ``workspace``."""
         flat = diff.flatten(1)  # [S, B*P*D]
         it = iter(grads)
-        xhat_dots = _xhat_dots(diff, [x for x in grads if isinstance(x, FactoredGrad)])
         for g in self.graph.groups:
             src = flat[: g.n_src].T  # [B*P*D, S]
             if g.kind != "attn":
                 block = next(it).reshape(1, -1) @ src
             else:
                 grad = next(it)
-                if isinstance(grad, FactoredGrad):  # q, k and v of every head at once
-                    dots = xhat_dots[g.layer, : g.n_src]
-                    block = _factored_scores(grad, flat[: g.n_src], row_sums[: g.n_src], dots)
+                if isinstance(grad, tuple):  # q, k and v of every head at once
+                    layer, qkv_grads, resid = grad
+                    rows = 3 * g.n_heads
+                    if not workspace:
+                        workspace.append(diff.new_empty(rows, src.shape[0] // diff.shape[-1], diff.shape[-1]))
+                    full = self.model.head_input_grads(layer, qkv_grads, resid, out=workspace[0])
+                    block = full.reshape(rows, -1) @ src
                 else:  # [H, B, P, D] for each of q, k, v
                     parts = [grad, next(it), next(it)]
                     block = torch.cat([p.reshape(g.n_heads, -1) for p in parts]) @ src
@@ -509,7 +492,8 @@ class PatchingEngine:
     ) -> list:
         """As :meth:`_dest_grads_split`, on the plain model: at alpha = 0 every head reads
         the same residual stream, so the per-head input gradients follow from those at q, k
-        and v through the first LayerNorm (the adapter's ``head_input_grads``)."""
+        and v through the first LayerNorm (the adapter's ``head_input_grads``, applied in
+        :meth:`_contract`): attention groups come as ``(layer, grads at q/k/v, resid_pre)``."""
         m = self.model
         probes: dict[str, torch.Tensor] = {}
         resid: dict[int, torch.Tensor] = {}
@@ -535,7 +519,7 @@ class PatchingEngine:
         for g in self.graph.groups:
             if g.kind == "attn":
                 grads = torch.stack([probes[m.hook_head_qkv(g.layer, x)].grad for x in ("q", "k", "v")])
-                out.append(m.head_input_grads(g.layer, grads, resid[g.layer]))
+                out.append((g.layer, grads, resid[g.layer]))
             else:
                 name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
                 out.append(probes[name].grad)

@@ -47,18 +47,6 @@ class ModelShape:
         )
 
 
-@dataclass
-class FactoredGrad:
-    """Head input gradients ``full - a[..., None] - b[..., None] * xhat`` ``[rows, N, D]``
-    (rows = q, k, v of every head), N = batch * pos, kept in factors so they are never
-    formed in full."""
-
-    full: torch.Tensor  # [rows, N, D]
-    a: torch.Tensor  # [rows, N]
-    b: torch.Tensor  # [rows, N]
-    xhat: torch.Tensor  # [N, D]
-
-
 def _enable_edge_hooks(model: Any) -> None:
     # Per-head results are computed from hook_z by ``head_results`` (a batched matmul);
     # TransformerLens's use_attn_result builds a [batch, pos, head, d_head, d_model]
@@ -207,29 +195,33 @@ class ModelAdapter:
     def hook_resid_pre(layer: int) -> str:
         return f"blocks.{layer}.hook_resid_pre"
 
-    def head_input_grads(self, layer: int, grads: torch.Tensor, resid_pre: torch.Tensor) -> FactoredGrad:
-        """``d m / d (head input)`` for the q, k and v inputs of every head, from the
-        gradients at the heads' queries, keys and values ``[3, batch, pos, head, d_head]``,
-        back through ``W_Q``/``W_K``/``W_V`` and the layer's first LayerNorm at
-        ``resid_pre``: what split q/k/v inputs would give when every head reads the same
-        residual stream. With ``v = gamma * (grad @ W^T)`` and ``xhat``, ``sigma`` the
-        LayerNorm's normalised input and scale, the gradient is
-        ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``, returned factored over 3H rows."""
+    def head_input_grads(
+        self, layer: int, grads: torch.Tensor, resid_pre: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``d m / d (head input)`` ``[3H, batch * pos, d_model]`` for the q, k and v inputs
+        of every head (rows q of every head, then k, then v), from the gradients at the heads'
+        queries, keys and values ``[3, batch, pos, head, d_head]``, back through
+        ``W_Q``/``W_K``/``W_V`` and the layer's first LayerNorm at ``resid_pre``: what split
+        q/k/v inputs would give when every head reads the same residual stream. With ``v =
+        gamma * (grad @ W^T)`` and ``xhat``, ``sigma`` the LayerNorm's normalised input and
+        scale, the gradient is ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``; centring
+        ``W`` over d_model gives ``v - mean(v)`` in the product itself. ``out``: a buffer
+        to write into (large gradients are not allocated afresh for every layer)."""
         block = self.model.blocks[layer]
         attn, ln = block.attn, block.ln1
         w = torch.cat([attn.W_Q, attn.W_K, attn.W_V])  # [3H, D, E]
         if hasattr(ln, "w"):
             w = w * ln.w[None, :, None]
+        w = w - w.mean(1, keepdim=True)
         _, b, p, h, e = grads.shape
         x = resid_pre.reshape(b * p, -1)
         x = x - x.mean(-1, keepdim=True)
         sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [N, 1]
         xhat = x / sigma
         g = grads.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e) / sigma  # [3H, N, E], over sigma
-        full = torch.bmm(g, w.transpose(1, 2))  # [3H, N, D]
-        mean_v = (g @ w.mean(1).unsqueeze(-1)).squeeze(-1)  # [3H, N]
-        v_xhat = (g * torch.matmul(xhat, w)).sum(-1)  # [3H, N]: sum_d v * xhat via W's columns
-        return FactoredGrad(full, mean_v, v_xhat / x.shape[-1], xhat)
+        full = torch.bmm(g, w.transpose(1, 2).contiguous(), out=out)  # [3H, N, D]: v - mean(v)
+        v_xhat = (g * torch.matmul(xhat, w)).sum(-1) / x.shape[-1]  # [3H, N]: mean_d v * xhat
+        return full.addcmul_(v_xhat.unsqueeze(-1), xhat.unsqueeze(0), value=-1.0)
 
     # Single nodes computed from their inputs (incremental patched passes).
     def node_math_supported(self) -> bool:
