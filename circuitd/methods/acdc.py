@@ -511,7 +511,8 @@ class _FastACDC:
                 if not active:
                     break
                 ctx.check_stop()
-                share = max(1, self.rows // len(active))
+                # one pass holds every branch's rows; incremental trials run branch by branch
+                share = self.rows if self.incremental else max(1, self.rows // len(active))
                 cands, rows = [], []
                 for br in active:
                     span = share
