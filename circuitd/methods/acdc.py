@@ -12,31 +12,35 @@ circuit) for ``kl``, ``nll``, and the negation of ``logit_diff`` or ``prob_diff`
 is removed from the current circuit H for good when ``m(H - e) - m(H) < tau`` (``|.| <
 tau`` with ``abs``); else it is restored. Its score is that difference (0 when untested).
 
-Evaluations. One evaluation is one circuit's patched pass over every prompt of the task,
-whichever block it starts at. The reference spends one per tested edge plus one for the
-starting circuit; the fast path counts every circuit it runs, those it throws away
-after a kept edge included.
+Evaluations. One evaluation is one circuit's metric over every prompt of the task, by a
+full pass, a pass from a block, or an incremental pass. The reference spends one per
+tested edge plus one for the starting circuit; the fast path counts every circuit it
+evaluates, those it throws away after a kept edge included.
 
-:func:`acdc_reference` is the algorithm as written above, one engine pass per test: the
+:func:`acdc_reference` is the algorithm as written above, one full pass per test: the
 oracle. :func:`acdc_fast` makes the same decisions with less work:
 
-- every edit so far touches destinations at or after the visited node's layer, so the
-  pass up to that block is the starting circuit's for every test there: it is cached
-  once per minibatch and each test runs from that block (``PatchingEngine.run_from``);
-- the nodes of one block (the logits; an MLP; the heads of a layer) are tested together:
-  candidate j of a batch is tested with candidates 1..j-1 removed, all on the circuit
-  axis of one pass; at the first kept candidate the later rows are dropped and the next
-  batch starts after it, so every decision is the one the reference makes;
-- a block whose sources have no kept outgoing edge in any circuit of a pass is not run:
-  every reader takes their ablated values, which the cached pass already holds;
+- incremental passes (:mod:`circuitd.incremental`): the current circuit's node values are
+  kept, and a test recomputes only the tested destination and the nodes its change
+  reaches through kept edges (a few, once the later layers are pruned), at the answer
+  positions alone where nothing downstream needs more;
+- the edges into one destination group (the logits; an MLP; the heads of a layer) are
+  tested together: candidate j of a trial is tested with candidates 1..j-1 removed, all
+  rows of one batched computation; at the first kept candidate the later rows are
+  dropped and the next trial starts after it, so every decision is the one the reference
+  makes. The number of candidates per trial maximises edges decided per second, from
+  each stage's measured cost per trial and per row and the block's rate of kept edges;
 - a list of taus runs as branches that share a circuit while their decisions agree: one
   row serves every tau of its branch, and a test whose difference falls between two taus
   splits the branch there.
 
-Circuits per pass: ``acdc_batch``, or as many as ``acdc_memory`` bytes hold (default half
-the free GPU memory; on a CPU at most ``CPU_PASS_BYTES``, because a CPU runs a larger
-pass no faster per circuit, so wide batches only add the rows thrown away after a kept
-edge; there the number of candidates also adapts to how often edges are kept).
+Architectures the adapter cannot compute node by node run the same scheme on passes
+from the cached prefix instead (the pass up to the tested block is the starting
+circuit's; blocks nobody reads are not run).
+
+Rows per trial: ``acdc_batch``, or as many as ``acdc_memory`` bytes hold (default half
+the free GPU memory; on a CPU at most ``CPU_TRIAL_BYTES``, or ``CPU_PASS_BYTES`` for
+passes from the prefix, because a CPU runs a larger pass no faster per circuit).
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ def test_fast_matches_reference_on_random_models(
 ) -> None:
     ctx = _ctx(model_id, metric, ablation, split=split)
     ref = acdc_reference(ctx, tau, abs_value)
-    for rows in (None, 1, 5):  # from free memory, one circuit per pass, batched candidates
-        fast = acdc_fast(ctx, tau, abs_value, rows=rows)
+    # incremental trials (rows from free memory, one, five), and passes from the cached prefix
+    for rows, incremental in ((None, True), (1, True), (5, True), (None, False), (5, False)):
+        fast = acdc_fast(ctx, tau, abs_value, rows=rows, incremental=incremental)
         _assert_same(ref, fast)
         assert fast.evaluations >= ref.evaluations == int(ref.tested.sum()) + 1
     assert 0 < int(ref.keep.sum()) < ctx.graph.n_edges  # neither trivial outcome
