@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     requeue_after_s: float = 900.0  # a queued job's message is re-sent after this (lost messages)
     progress_interval_s: float = 0.5  # progress writes per job at most this often
     worker_torch_threads: int | None = None  # torch.set_num_threads in the worker
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        """``~`` in CIRCUITD_DATA_DIR means the home directory for every part (store, key file)."""
+        return value.expanduser()
 
 
 @lru_cache

@@ -3,7 +3,7 @@
 The attribution-graph method explains each MLP's output as a transcoder reconstruction
 plus an error term, so the transcoder's feature activations become the graph's nodes.
 This module holds the weights, the encode/decode maths and the on-disk format; it needs
-only torch, safetensors and PyYAML (which TransformerLens's dependencies already bring).
+only torch, safetensors and PyYAML.
 
 Conventions (shared by single-layer and cross-layer transcoders):
 
