@@ -444,10 +444,17 @@ class PatchingEngine:
         """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``. Attention
         gradients come per head input ``[H, B, P, D]`` for each of q, k, v, or per layer as
         ``(layer, grads at q/k/v, resid_pre)``, turned into the q/k/v head-input gradients
-        of every head here, one layer at a time, in ``workspace``."""
+        of every head here, one layer at a time, in ``workspace``. Such a layer and the MLP
+        after it are scored in one product: the sources are read once for both."""
         flat = diff.flatten(1)  # [S, B*P*D]
+        n_pos, d = flat.shape[1] // diff.shape[-1], diff.shape[-1]
         it = iter(grads)
-        for g in self.graph.groups:
+        groups = self.graph.groups
+        pending_mlp = None  # an MLP group scored with the attention layer before it
+        for i, g in enumerate(groups):
+            if g is pending_mlp:  # already scored, and its gradient taken, with its layer
+                pending_mlp = None
+                continue
             src = flat[: g.n_src].T  # [B*P*D, S]
             if g.kind != "attn":
                 block = next(it).reshape(1, -1) @ src
@@ -456,10 +463,19 @@ class PatchingEngine:
                 if isinstance(grad, tuple):  # q, k and v of every head at once
                     layer, qkv_grads, resid = grad
                     rows = 3 * g.n_heads
+                    after = groups[i + 1] if i + 1 < len(groups) else None
+                    if after is not None and after.kind == "mlp" and after.n_src >= g.n_src:
+                        pending_mlp = after
                     if not workspace:
-                        workspace.append(diff.new_empty(rows, src.shape[0] // diff.shape[-1], diff.shape[-1]))
-                    full = self.model.head_input_grads(layer, qkv_grads, resid, out=workspace[0])
-                    block = full.reshape(rows, -1) @ src
+                        workspace.append(diff.new_empty(rows + 1, n_pos, d))
+                    self.model.head_input_grads(layer, qkv_grads, resid, out=workspace[0][:rows])
+                    if pending_mlp is None:
+                        block = workspace[0][:rows].reshape(rows, -1) @ src
+                    else:
+                        workspace[0][rows].copy_(next(it).reshape(n_pos, d))
+                        both = workspace[0].reshape(rows + 1, -1) @ flat[: pending_mlp.n_src].T
+                        scores[pending_mlp.offset : pending_mlp.stop] += both[rows]
+                        block = both[:rows, : g.n_src]
                 else:  # [H, B, P, D] for each of q, k, v
                     parts = [grad, next(it), next(it)]
                     block = torch.cat([p.reshape(g.n_heads, -1) for p in parts]) @ src
