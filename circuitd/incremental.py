@@ -317,9 +317,8 @@ class IncrementalPass:
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
         visible = self.visible_full if is_full else self.visible_ans
-        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [R, B, H', Q, D]
-        r = max(t.shape[0] for t in qkv)
-        out = out.expand(r, *out.shape[1:]).transpose(1, 2)  # [R, H', B, Q, D]
+        # [R, B, H', Q, D]: each head has a changed port, so at least one of q, k, v has R rows
+        out = self.model.head_attend(g.layer, hs, *qkv, visible).transpose(1, 2)  # [R, H', B, Q, D]
         nodes = self.graph.head_source(g.layer, 0) + hs
         self._record(rec, changes, nodes, out if is_full else out.squeeze(-2), is_full)
 
@@ -342,7 +341,7 @@ class IncrementalPass:
             self.port_in[gi][ports] = new[row]
             self.port_ans[gi][ports] = self._at_answers(new[row])
         for gi, ports, new in rec.ports_ans:
-            self.port_ans[gi][ports] = new[min(row, new.shape[0] - 1)]
+            self.port_ans[gi][ports] = new[row]
         for nodes, new in rec.nodes_full:
             self.out[nodes] = new[row]
             self.diff[nodes] = self.ablated[nodes] - new[row]

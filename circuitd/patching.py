@@ -464,7 +464,7 @@ class PatchingEngine:
                     layer, qkv_grads, resid = grad
                     rows = 3 * g.n_heads
                     after = groups[i + 1] if i + 1 < len(groups) else None
-                    if after is not None and after.kind == "mlp" and after.n_src >= g.n_src:
+                    if after is not None and after.kind == "mlp":
                         pending_mlp = after
                     if not workspace:
                         workspace.append(diff.new_empty(rows + 1, n_pos, d))

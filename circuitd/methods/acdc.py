@@ -163,19 +163,24 @@ def _prepare(
             if ctx.metric == "kl":
                 lp = metrics.clean_logprobs_of(ctx.model.run(b.clean), b)
             cp = engine.cached_pass(b.clean, ablated, alpha) if cached and not incremental else None
-            inputs = engine.source_outputs(b.clean)[0] if incremental else None
+            inputs = ctx.model.input_source(b.clean) if incremental else None
             out.append(_Batch(b, ablated, lp, cp, inputs))
     return out
 
 
 def _task_metric(
-    ctx: MethodContext, batches: list[_Batch], logits_of: Callable[[_Batch], torch.Tensor]
+    ctx: MethodContext,
+    batches: list[_Batch],
+    logits_of: Callable[[int, _Batch], torch.Tensor],
+    at_answers: bool = False,
 ) -> torch.Tensor:
     """The metric to minimise ``[C]`` (float64), averaged over every prompt of the task;
-    ``logits_of(batch)`` gives ``[C, B, P, V]``."""
+    ``logits_of(i, batch)`` gives minibatch i's logits ``[C, B, P, V]``, or ``[C, B, V]`` at
+    the answer positions with ``at_answers``."""
+    per_prompt = metrics.per_prompt_at_answers if at_answers else metrics.per_prompt
     total: torch.Tensor | None = None
-    for item in batches:
-        vals = metrics.per_prompt(ctx.metric, logits_of(item), item.batch, item.clean_lp)
+    for i, item in enumerate(batches):
+        vals = per_prompt(ctx.metric, logits_of(i, item), item.batch, item.clean_lp)
         s = vals.double().sum(-1)
         total = s if total is None else total + s
     assert total is not None
@@ -221,7 +226,7 @@ def acdc_reference(
     def metric_of(k: torch.Tensor) -> float:
         alpha = (~k).to(ctx.model.device, ctx.model.dtype)
         with torch.no_grad():
-            val = _task_metric(ctx, batches, lambda b: engine.run(b.batch.clean, b.ablated, alpha[None]))
+            val = _task_metric(ctx, batches, lambda _, b: engine.run(b.batch.clean, b.ablated, alpha[None]))
         return float(val[0])
 
     current = metric_of(keep)
@@ -396,26 +401,16 @@ class _FastACDC:
         with torch.no_grad():
             for chunk in alpha.split(self.rows):
                 vals.append(_task_metric(
-                    self.ctx, self.batches, lambda b, a=chunk: self.engine.run_from(b.start, layer, a)
+                    self.ctx, self.batches, lambda _, b, a=chunk: self.engine.run_from(b.start, layer, a)
                 ))
         self.evaluations += keep_rows.shape[0]
         return torch.cat(vals).tolist()
-
-    def _metric_of_logits(self, logits_of: Callable[[int, _Batch], torch.Tensor]) -> list[float]:
-        """The metric to minimise ``[R]`` from each minibatch's answer logits ``[R, B, V]``."""
-        total: torch.Tensor | None = None
-        for i, item in enumerate(self.batches):
-            logits = logits_of(i, item)
-            vals = metrics.per_prompt_at_answers(self.ctx.metric, logits, item.batch, item.clean_lp).double()
-            total = vals.sum(-1) if total is None else total + vals.sum(-1)
-        assert total is not None
-        return (_sign(self.ctx.metric) * total / len(self.ctx.task)).tolist()
 
     def start_states(self, keep: torch.Tensor) -> tuple[list[IncrementalPass], float]:
         """Incremental passes of the circuit ``keep`` (one per minibatch) and its metric."""
         states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep)
                   for b in self.batches]
-        value = self._metric_of_logits(lambda i, b: states[i].logits()[None])[0]
+        value = float(_task_metric(self.ctx, self.batches, lambda i, _: states[i].logits()[None], True)[0])
         self.evaluations += 1
         return states, value
 
@@ -429,7 +424,7 @@ class _FastACDC:
             removed[j:, port, src] = True
         trials = [state.trial(g_index, removed) for state in br.states]
         self.evaluations += len(cand)
-        return trials, self._metric_of_logits(lambda i, b: trials[i].logits)
+        return trials, _task_metric(self.ctx, self.batches, lambda i, _: trials[i].logits, True).tolist()
 
     @staticmethod
     def settle(branches: list[_Branch], trials: list[Trial]) -> None:

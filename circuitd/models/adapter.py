@@ -64,7 +64,8 @@ def _fuse_layer_norms(model: Any) -> None:
 
     With split q/k/v inputs every head normalises its own copy of the residual stream;
     TransformerLens's elementwise LayerNorm then dominates the forward and backward
-    passes. The fused call computes the same values; ``hook_normalized`` still fires,
+    passes. The fused call computes the same values, scale and shift included;
+    ``hook_normalized`` still fires when a hook is on it (the shift then follows it),
     ``hook_scale`` no longer does.
     """
     from transformer_lens.components import LayerNorm, LayerNormPre
@@ -74,24 +75,17 @@ def _fuse_layer_norms(model: Any) -> None:
             module.forward = _fused_forward(module, affine=isinstance(module, LayerNorm))
 
 
-def _normalize(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for a normalisation module, in one ``F.layer_norm`` call where the
-    module is a LayerNorm (scale and shift included) and runs in the model's dtype."""
-    from transformer_lens.components import LayerNorm, LayerNormPre
-
-    if isinstance(module, LayerNorm | LayerNormPre) and module.cfg.dtype in (torch.float32, torch.float64):
-        if isinstance(module, LayerNorm):
-            return F.layer_norm(x, (x.shape[-1],), module.w, module.b, eps=module.eps)
-        return F.layer_norm(x, (x.shape[-1],), eps=module.eps)
-    return module(x)
-
-
 def _fused_forward(module: Any, affine: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
         dtype = module.cfg.dtype
-        if dtype not in (torch.float32, torch.float64):
-            x = x.to(torch.float32)
-        y = module.hook_normalized(F.layer_norm(x, (x.shape[-1],), eps=module.eps)).to(dtype)
+        shape = (x.shape[-1],)
+        full_precision = dtype in (torch.float32, torch.float64)
+        if full_precision and not module.hook_normalized._forward_hooks:
+            if affine:
+                return F.layer_norm(x, shape, module.w, module.b, eps=module.eps)
+            return F.layer_norm(x, shape, eps=module.eps)
+        x = x if full_precision else x.to(torch.float32)
+        y = module.hook_normalized(F.layer_norm(x, shape, eps=module.eps)).to(dtype)
         return y * module.w + module.b if affine else y
 
     return forward
@@ -249,6 +243,11 @@ class ModelAdapter:
             and not softcap_enabled(cfg.attn_scores_soft_cap)
         )
 
+    def input_source(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The ``input`` source ``[batch, pos, d_model]`` (what :meth:`hook_input` sees):
+        the embeddings alone, no block run."""
+        return self.model(tokens, stop_at_layer=0)
+
     def head_project(self, layer: int, heads: torch.Tensor, which: int, x: torch.Tensor) -> torch.Tensor:
         """Queries, keys or values (``which`` 0, 1, 2) ``[..., H', P, E]`` of the heads
         ``heads`` of ``layer`` from their residual inputs ``[..., H', P, D]``: the block's
@@ -258,7 +257,7 @@ class ModelAdapter:
         attn = block.attn
         w = (attn.W_Q, attn.W_K, attn.W_V)[which][heads]  # [H', D, E]
         b = (attn.b_Q, attn.b_K, attn.b_V)[which][heads]  # [H', E]
-        y = _normalize(block.ln1, x) @ w + b[:, None, :]
+        y = block.ln1(x) @ w + b[:, None, :]
         if which < 2 and self.rotary():
             lead = y.shape[:-3]
             flat = y.reshape(-1, *y.shape[-3:]).transpose(1, 2)  # [N, P, H', E]
@@ -285,7 +284,7 @@ class ModelAdapter:
     def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP output of ``layer`` (``hook_mlp_out``) for its input ``resid [..., P, D]``."""
         block = self.model.blocks[layer]
-        return block.apply_mlp(_normalize(block.ln2, resid))
+        return block.apply_mlp(block.ln2(resid))
 
     def attn_output_bias(self, layer: int) -> torch.Tensor:
         """``b_O`` of ``layer``: added to the residual stream with the heads' outputs."""
@@ -296,7 +295,7 @@ class ModelAdapter:
         from transformer_lens.utilities.activation_functions import apply_softcap
 
         m = self.model
-        x = _normalize(m.ln_final, resid) if m.cfg.normalization_type is not None else resid
+        x = m.ln_final(resid) if m.cfg.normalization_type is not None else resid
         logits = torch.addmm(m.unembed.b_U, x.reshape(-1, x.shape[-1]), m.unembed.W_U)
         return apply_softcap(logits.view(*x.shape[:-1], -1), m.cfg.output_logits_soft_cap)
 

@@ -26,7 +26,8 @@ def test_trials_and_commits_match_full_passes(
     ablated = engine.ablated_sources(ablation, b.corrupted)
     gen = torch.Generator().manual_seed(1)
     keep = torch.rand(graph.n_edges, generator=gen) < kept
-    inputs = engine.source_outputs(b.clean)[0]
+    inputs = model.input_source(b.clean)
+    torch.testing.assert_close(inputs, engine.source_outputs(b.clean)[0], atol=0, rtol=0)
     state = IncrementalPass(model, graph, inputs, ablated, b.answer_pos, keep)
     full = _answers(engine, b, ablated, keep[None])[0]
     torch.testing.assert_close(state.logits(), full, atol=5e-5, rtol=1e-5)
