@@ -1,0 +1,193 @@
+"""Attribution graphs (REFERENCE §6) pinned by independent computations: the replacement model
+against the real model's logits, every adjacency column against an intervention (rerunning the
+frozen model with the source's vector added, or with a feature's activation doubled), and the
+adjacency against an autograd Jacobian of the frozen linear model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from circuitd.attribution import (
+    AttributionError,
+    ReplacementContext,
+    active_features,
+    attribute,
+    record,
+    select_logits,
+    source_vectors,
+    target_readouts,
+)
+from circuitd.models.registry import load_model
+from circuitd.transcoders import random_transcoders
+from graphs.attribution import check_nodes
+
+TOL = dict(atol=1e-4, rtol=0.0)
+# (preset, transcoder kind, activation, skip)
+SETUPS = [
+    ("tiny", "transcoder", "relu", False),
+    ("tiny", "transcoder", "jumprelu", True),
+    ("tiny", "cross_layer_transcoder", "jumprelu", False),
+    ("small", "transcoder", "relu", True),
+    ("small", "cross_layer_transcoder", "relu", True),
+]
+IDS = ["-".join(str(x) for x in s) for s in SETUPS]
+
+
+def _context(preset: str, kind: str, activation: str, skip: bool, d_tc: int = 32, n_pos: int = 6):
+    adapter = load_model(f"random:{preset}@0")
+    cfg = adapter.model.cfg
+    tcs = random_transcoders(cfg.n_layers, cfg.d_model, d_tc, kind, activation, skip, seed=1)
+    tokens = torch.randint(0, cfg.d_vocab, (n_pos,), generator=torch.Generator().manual_seed(2))
+    return record(adapter, tcs, tokens)
+
+
+@pytest.fixture(scope="module", params=SETUPS, ids=IDS)
+def attributed(request):
+    ctx = _context(*request.param)
+    return ctx, attribute(ctx)
+
+
+def _targets(nodes):
+    return [i for i, n in enumerate(nodes) if n.kind in ("feature", "logit")]
+
+
+def test_replacement_model_reproduces_the_real_logits(attributed):
+    ctx, _ = attributed
+    torch.testing.assert_close(ctx.reconstruction + ctx.errors, ctx.mlp_out, **TOL)
+    for mode in ("live", "frozen"):
+        run = ctx.forward(mode)
+        torch.testing.assert_close(run.logits, ctx.logits, **TOL)
+        torch.testing.assert_close(run.mlp_in, ctx.mlp_in, **TOL)
+        torch.testing.assert_close(run.final_resid, ctx.final_resid, **TOL)
+
+
+def test_nodes_and_structure(attributed):
+    ctx, att = attributed
+    nodes, A = att.nodes, att.adjacency
+    check_nodes(nodes, A.numpy())
+    feats = [n for n in nodes if n.kind == "feature"]
+    assert feats and all(n.pos > 0 and n.activation > 0 for n in feats)
+    assert len(feats) == int((ctx.activations[:, 1:] > 0).sum())
+    assert not [n for n in nodes if n.kind == "error" and n.pos == 0]
+    assert [n.pos for n in nodes if n.kind == "token"] == list(range(ctx.n_pos))
+    logits = [n for n in nodes if n.kind == "logit"]
+    assert 1 <= len(logits) <= 10 and all(n.pos == ctx.n_pos - 1 for n in logits)
+    kinds = [n.kind for n in nodes]
+    rows_without_inputs = torch.tensor([k in ("error", "token") for k in kinds])
+    assert (A[rows_without_inputs] == 0).all()
+    assert (A[:, torch.tensor([k == "logit" for k in kinds])] == 0).all()
+    # A feature feeds only later layers and equal or later positions.
+    for t, tn in enumerate(nodes):
+        if tn.kind != "feature":
+            continue
+        for s, sn in enumerate(nodes):
+            if sn.kind == "feature" and (sn.layer >= tn.layer or sn.pos > tn.pos):
+                assert A[t, s] == 0
+            if sn.kind in ("error", "token") and sn.pos > tn.pos:
+                assert A[t, s] == 0
+            if sn.kind == "error" and sn.layer >= tn.layer:
+                assert A[t, s] == 0
+    assert att.graph("prompt").adjacency.shape == A.shape
+
+
+def test_every_column_equals_an_intervention(attributed):
+    """Add each source's vector (error vector, token vector, activation × decoder) at its hook and
+    rerun the frozen linear model: every target read-out moves by exactly its column."""
+    ctx, att = attributed
+    nodes = att.nodes
+    out, emb, src = source_vectors(ctx, nodes)
+    base = target_readouts(ctx, nodes, ctx.forward("frozen"))
+    moved = target_readouts(ctx, nodes, ctx.forward("frozen", embed_delta=emb, out_delta=out))
+    change = (moved - base).T  # [T, S]
+    expected = att.adjacency[_targets(nodes)][:, src].to(change.dtype)
+    torch.testing.assert_close(change, expected, **TOL)
+    # the errors and tokens are really there: columns are not all zero
+    for kind in ("error", "token", "feature"):
+        cols = [j for j, i in enumerate(src) if nodes[i].kind == kind]
+        assert expected[:, cols].abs().max() > 1e-3
+
+
+def test_doubling_feature_activations(attributed):
+    """Doubling a few features' recorded activations (every activation held fixed, so the model
+    is linear) moves every target pre-activation and demeaned logit by their columns."""
+    ctx, att = attributed
+    nodes = att.nodes
+    base = target_readouts(ctx, nodes, ctx.forward("frozen"))
+    feats = [i for i, n in enumerate(nodes) if n.kind == "feature"]
+    picks = feats[:: max(1, len(feats) // 5)][:5]
+    targets = _targets(nodes)
+    for i in picks:
+        n = nodes[i]
+        acts = ctx.activations.clone()
+        acts[n.layer, n.pos, n.index] *= 2
+        doubled = dataclasses.replace(ctx, activations=acts)
+        change = target_readouts(ctx, nodes, doubled.forward("frozen")) - base
+        torch.testing.assert_close(change, att.adjacency[targets, i].to(change.dtype), **TOL)
+    # all picks together: linear, so the columns add up
+    acts = ctx.activations.clone()
+    for i in picks:
+        acts[nodes[i].layer, nodes[i].pos, nodes[i].index] *= 2
+    change = target_readouts(ctx, nodes, dataclasses.replace(ctx, activations=acts).forward("frozen")) - base
+    torch.testing.assert_close(change, att.adjacency[targets][:, picks].sum(1).to(change.dtype), **TOL)
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "cross_layer_transcoder"])
+def test_adjacency_equals_autograd_jacobian(kind):
+    """d(target read-out)/d(source coefficient) of the frozen linear model by
+    torch.autograd.functional.jacobian, against the batched backward passes (batch size 3, so
+    targets are split across several batches)."""
+    ctx = _context("tiny", kind, "relu", True, d_tc=8, n_pos=4)
+    att = attribute(ctx, batch_size=3)
+    nodes = att.nodes
+    out, emb, src = source_vectors(ctx, nodes)
+
+    def readouts(coef: torch.Tensor) -> torch.Tensor:
+        run = ctx.forward(
+            "frozen",
+            embed_delta=torch.einsum("s,spd->pd", coef, emb),
+            out_delta=torch.einsum("s,slpd->lpd", coef, out),
+        )
+        return target_readouts(ctx, nodes, run)
+
+    jac = torch.autograd.functional.jacobian(readouts, torch.zeros(len(src)))
+    expected = att.adjacency[_targets(nodes)][:, src].to(jac.dtype)
+    torch.testing.assert_close(jac, expected, **TOL)
+
+
+def test_position_zero_and_given_logits():
+    ctx = _context("tiny", "transcoder", "relu", False, d_tc=16, n_pos=4)
+    assert (active_features(ctx)[:, 1] > 0).all()
+    att = attribute(ctx, logit_ids=[3, 7])
+    logits = [n for n in att.nodes if n.kind == "logit"]
+    assert [n.index for n in logits] == [3, 7]
+    probs = ctx.logits[-1].softmax(-1)
+    assert logits[0].prob == pytest.approx(float(probs[3]), rel=1e-5)
+
+
+def test_select_logits():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.16, 0.04]))
+    assert select_logits(logits, p=0.95)[0] == [0, 1, 2]  # 0.96 reaches 0.95
+    assert select_logits(logits, p=0.97)[0] == [0, 1, 2, 3]
+    assert select_logits(logits, p=0.75)[0] == [0, 1]
+    assert select_logits(logits, p=0.95, max_logits=2)[0] == [0, 1]
+    flat = torch.zeros(50)
+    assert len(select_logits(flat)[0]) == 10
+
+
+def test_unsupported_models_are_refused():
+    adapter = load_model("random:tiny-attn-only@0")
+    tcs = random_transcoders(2, 64, 8)
+    with pytest.raises(AttributionError, match="attention-only"):
+        record(adapter, tcs, torch.tensor([1, 2, 3]))
+    adapter = load_model("random:tiny@0")
+    with pytest.raises(AttributionError, match="transcoders for 3 layers"):
+        record(adapter, random_transcoders(3, 64, 8), torch.tensor([1, 2, 3]))
+
+
+def test_context_type(attributed):
+    ctx, _ = attributed
+    assert isinstance(ctx, ReplacementContext)
+    assert ctx.patterns.shape[-1] == ctx.n_pos and ctx.ln1_scale.shape == (ctx.n_layers, ctx.n_pos)
