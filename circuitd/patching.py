@@ -200,7 +200,7 @@ class PatchingEngine:
         """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
         buffer = self._source_buffer(tokens)
         with torch.no_grad(), self.model.shared_head_inputs():  # unpatched: no per-head copies
-            self.model.run(tokens, _source_hooks(self.model, self.graph, _BufferSink(buffer)))
+            self.model.run(tokens, _source_hooks(self.model, self.graph, _BufferSink(buffer)), logits=False)
         return buffer
 
     def _source_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -295,7 +295,8 @@ class PatchingEngine:
         sink = _BufferSink(sources)
         with torch.no_grad():
             with m.shared_head_inputs():
-                m.run(tokens, _source_hooks(m, self.graph, sink) + [(n, grab(n)) for n in names])
+                hooks = _source_hooks(m, self.graph, sink) + [(n, grab(n)) for n in names]
+                m.run(tokens, hooks, logits=False)
             clean = CachedPass(None, ablated, ablated - sources, [resid[n] for n in names])
             if alpha is None or not bool(alpha.any()):
                 return clean

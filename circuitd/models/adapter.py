@@ -299,12 +299,17 @@ class ModelAdapter:
         logits = torch.addmm(m.unembed.b_U, x.reshape(-1, x.shape[-1]), m.unembed.W_U)
         return apply_softcap(logits.view(*x.shape[:-1], -1), m.cfg.output_logits_soft_cap)
 
-    def run(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
-        """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act))."""
+    def run(
+        self, tokens: torch.Tensor, hooks: Sequence[tuple[str, HookFn]] = (), logits: bool = True
+    ) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` of a forward pass with ``hooks`` (name, fn(act));
+        with ``logits=False`` the final residual stream instead (the unembedding, a large
+        product for real vocabularies, is skipped when only the hooks' values are wanted)."""
+        stop = None if logits else self.shape.n_layers
         wrapped = [(name, _wrap(fn)) for name, fn in hooks]
         if not wrapped:
-            return self.model(tokens, return_type="logits")
-        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=wrapped)
+            return self.model(tokens, return_type="logits", stop_at_layer=stop)
+        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=wrapped, stop_at_layer=stop)
 
     def run_blocks(
         self,
