@@ -42,7 +42,7 @@ or later positions; these zeros come out of the backward pass, they are not impo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,7 +52,14 @@ from torch import Tensor
 
 from circuitd.models.adapter import ModelAdapter
 from circuitd.transcoders import TranscoderSet
-from graphs.attribution import AttributionGraph, Node
+from graphs.attribution import (
+    AttributionGraph,
+    Node,
+    influence_of_normalized,
+    kind_mask,
+    logit_weights,
+    normalized_abs,
+)
 
 FeatureMode = Literal["live", "frozen"]
 
@@ -172,6 +179,7 @@ class ReplacementContext:
         features: FeatureMode = "frozen",
         embed_delta: Tensor | None = None,
         out_delta: Tensor | None = None,
+        clamp: Sequence[tuple[int, int, int, float]] = (),
     ) -> FrozenRun:
         """The replacement model with frozen patterns and LayerNorm scales.
 
@@ -179,6 +187,8 @@ class ReplacementContext:
         local replacement model). ``"frozen"``: activations held at their recorded values (the
         linear model of the edges). ``embed_delta [..., P, D]`` is added to the token vectors and
         ``out_delta [..., L, P, D]`` to the MLP outputs; their leading dims batch the pass.
+        ``clamp`` holds ``(layer, pos, feature, value)``: in a live pass those activations are set
+        to ``value`` whatever their input (an intervention on a feature node).
         """
         if features not in ("live", "frozen"):
             raise ValueError(f"features: expected 'live' or 'frozen', got {features!r}")
@@ -199,7 +209,13 @@ class ReplacementContext:
             resid = resid + torch.einsum("...qhe,hed->...qd", z, attn.W_O) + attn.b_O
             mlp_ins.append(resid)
             if features == "live":
-                acts.append(self.transcoders.encode(layer, resid))
+                act = self.transcoders.encode(layer, resid)
+                here = [(p, f, v) for lay, p, f, v in clamp if lay == layer]
+                if here:
+                    act = act.clone()
+                    for p, f, v in here:
+                        act[..., p, f] = v
+                acts.append(act)
             else:  # constants: kept without the batch dims, broadcast when added
                 acts.append(self.activations[layer])
             out = self._feature_output(layer, acts) + self._skip(layer, resid) + self.errors[layer]
@@ -298,6 +314,7 @@ class Attribution:
     context: ReplacementContext
     nodes: list[Node]
     adjacency: Tensor  # [n, n] float64
+    backward_passes: int = 0
 
     def graph(self, prompt: str = "", meta: dict[str, Any] | None = None) -> AttributionGraph:
         return AttributionGraph(
@@ -322,8 +339,11 @@ def build_nodes(
     logit_ids: Sequence[int] | None = None,
     p: float = 0.95,
     max_logits: int = 10,
+    logit_diff: tuple[int, int] | None = None,
 ) -> list[Node]:
-    """The graph's nodes in the required order (see the module docstring)."""
+    """The graph's nodes in the required order (see the module docstring). Targets: the top
+    logits up to probability ``p`` (at most ``max_logits``), or the tokens ``logit_ids``, or
+    one logit-difference node ``logit_diff = (correct, incorrect)`` of weight 1."""
     feats = active_features(ctx)
     nodes = [
         Node(
@@ -344,14 +364,22 @@ def build_nodes(
         nodes.append(Node("token", pos=pos, index=int(t), token=text))
     last = ctx.logits[-1]
     probs = last.double().softmax(-1)
+    def text(i: int) -> str | None:
+        return tok.decode([i]) if tok is not None else None
+
+    if logit_diff is not None:
+        if logit_ids is not None:
+            raise AttributionError("attribution: give logit_ids or logit_diff, not both")
+        good, bad = (int(i) for i in logit_diff)
+        label = f"{text(good)} − {text(bad)}" if tok is not None else None
+        return nodes + [Node("logit", pos=ctx.n_pos - 1, index=good, prob=1.0, token=label, contrast=bad)]
     if logit_ids is None:
         ids, ps = select_logits(last, p, max_logits)
     else:
         ids = [int(i) for i in logit_ids]
         ps = [float(probs[i]) for i in ids]
     nodes += [
-        Node("logit", pos=ctx.n_pos - 1, index=i, prob=q, token=tok.decode([i]) if tok is not None else None)
-        for i, q in zip(ids, ps, strict=True)
+        Node("logit", pos=ctx.n_pos - 1, index=i, prob=q, token=text(i)) for i, q in zip(ids, ps, strict=True)
     ]
     return nodes
 
@@ -364,9 +392,16 @@ def _readouts(ctx: ReplacementContext, run: FrozenRun, targets: Sequence[Node]) 
         if t.kind == "feature":
             vals.append(ctx.transcoders.pre_activations(t.layer, run.mlp_in[b, t.layer, t.pos])[t.index])
         else:
-            row = run.logits[b, t.pos]
-            vals.append(row[t.index] - row.mean())
+            vals.append(_logit_read(run.logits[b, t.pos], t))
     return torch.stack(vals)
+
+
+def _logit_read(logits: Tensor, node: Node) -> Tensor:
+    """A logit node's read-out of ``logits [..., V]``: the demeaned logit of its token, or the
+    logit difference to its contrast token."""
+    if node.contrast is not None:
+        return logits[..., node.index] - logits[..., node.contrast]
+    return logits[..., node.index] - logits.mean(-1)
 
 
 def source_vectors(ctx: ReplacementContext, nodes: Sequence[Node]) -> tuple[Tensor, Tensor, list[int]]:
@@ -408,37 +443,33 @@ def _feature_groups(ctx: ReplacementContext, nodes: Sequence[Node]) -> list[tupl
     return groups
 
 
-def attribute(
-    ctx: ReplacementContext,
-    nodes: Sequence[Node] | None = None,
-    batch_size: int = 64,
-    **logit_kw: Any,
-) -> Attribution:
-    """The full adjacency of ``nodes`` (default :func:`build_nodes` with ``logit_kw``).
+class _Sources:
+    """Every source's vector, grouped so that a batch of read-out gradients becomes a batch of
+    adjacency rows in a few matrix products."""
 
-    One backward pass per batch of targets: each row's read-out gradient at the token vectors
-    and at every MLP output is dotted with each source's vector.
-    """
-    nodes = list(nodes) if nodes is not None else build_nodes(ctx, **logit_kw)
-    n = len(nodes)
-    L, P, D = ctx.mlp_in.shape
-    dev, dtype = ctx.mlp_in.device, ctx.mlp_in.dtype
-    err_idx = [i for i, x in enumerate(nodes) if x.kind == "error"]
-    tok_idx = [i for i, x in enumerate(nodes) if x.kind == "token"]
-    target_idx = [i for i, x in enumerate(nodes) if x.kind in ("feature", "logit")]
-    groups = _feature_groups(ctx, nodes)
-    with torch.no_grad():
-        err_l = torch.tensor([nodes[i].layer for i in err_idx], dtype=torch.long, device=dev)
-        err_p = torch.tensor([nodes[i].pos for i in err_idx], dtype=torch.long, device=dev)
-        err_vec = ctx.errors[err_l, err_p]  # [E, D]
-        tok_p = torch.tensor([nodes[i].pos for i in tok_idx], dtype=torch.long, device=dev)
-        tok_vec = ctx.embed[tok_p]  # [T, D]
-        err_cols = torch.tensor(err_idx, dtype=torch.long, device=dev)
-        tok_cols = torch.tensor(tok_idx, dtype=torch.long, device=dev)
-    A = torch.zeros(n, n, dtype=torch.float64, device=dev)
-    for start in range(0, len(target_idx), batch_size):
-        rows = target_idx[start : start + batch_size]
-        B = len(rows)
+    def __init__(self, ctx: ReplacementContext, nodes: Sequence[Node]):
+        dev = ctx.mlp_in.device
+        err_idx = [i for i, x in enumerate(nodes) if x.kind == "error"]
+        tok_idx = [i for i, x in enumerate(nodes) if x.kind == "token"]
+        self.groups = _feature_groups(ctx, nodes)
+        with torch.no_grad():
+
+            def longs(values: list[int]) -> Tensor:
+                return torch.tensor(values, dtype=torch.long, device=dev)
+
+            self.err_l = longs([nodes[i].layer for i in err_idx])
+            self.err_p = longs([nodes[i].pos for i in err_idx])
+            self.err_vec = ctx.errors[self.err_l, self.err_p]  # [E, D]
+            self.tok_p = longs([nodes[i].pos for i in tok_idx])
+            self.tok_vec = ctx.embed[self.tok_p]  # [T, D]
+            self.err_cols, self.tok_cols = longs(err_idx), longs(tok_idx)
+
+    def fill_rows(
+        self, ctx: ReplacementContext, nodes: Sequence[Node], rows: Sequence[int], A: Tensor
+    ) -> None:
+        """``A[rows]`` from one backward pass with one target per batch row."""
+        L, P, D = ctx.mlp_in.shape
+        B, dev, dtype = len(rows), ctx.mlp_in.device, ctx.mlp_in.dtype
         embed_delta = torch.zeros(B, P, D, device=dev, dtype=dtype, requires_grad=True)
         out_delta = torch.zeros(B, L, P, D, device=dev, dtype=dtype, requires_grad=True)
         with torch.enable_grad():
@@ -446,26 +477,183 @@ def attribute(
             read = _readouts(ctx, run, [nodes[i] for i in rows])
             g_embed, g_out = torch.autograd.grad(read.sum(), (embed_delta, out_delta))
         with torch.no_grad():
-            r = torch.tensor(rows, dtype=torch.long, device=dev)[:, None]
-            for layer, pos, cols, vec in groups:  # vec [F, J, D]: one product per (layer, pos)
+            r = torch.tensor(list(rows), dtype=torch.long, device=dev)[:, None]
+            for layer, pos, cols, vec in self.groups:  # vec [F, J, D]: one product per (layer, pos)
                 g = g_out[:, layer : layer + vec.shape[1], pos].reshape(B, -1)  # [B, J*D]
                 A[r, cols] = (g @ vec.reshape(vec.shape[0], -1).T).double()
-            if err_idx:
-                A[r, err_cols] = (g_out[:, err_l, err_p] * err_vec).sum(-1).double()
-            if tok_idx:
-                A[r, tok_cols] = (g_embed[:, tok_p] * tok_vec).sum(-1).double()
-    return Attribution(ctx, nodes, A)
+            if self.err_cols.numel():
+                A[r, self.err_cols] = (g_out[:, self.err_l, self.err_p] * self.err_vec).sum(-1).double()
+            if self.tok_cols.numel():
+                A[r, self.tok_cols] = (g_embed[:, self.tok_p] * self.tok_vec).sum(-1).double()
+
+
+def _estimated_influence(A: np.ndarray, done: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Influence of every node computed from the rows known so far (``done``): exact on the graph
+    whose only targets are those rows. Solved on the known rows alone (at most
+    ``max_feature_nodes`` plus the logits), then carried one step back to every source."""
+    rows = np.flatnonzero(done)
+    a_hat = normalized_abs(A[rows])  # [R, n]: each known row normalised over all its sources
+    inner = influence_of_normalized(a_hat[:, rows], w[rows])
+    return (inner + w[rows]) @ a_hat
+
+
+def attribute(
+    ctx: ReplacementContext,
+    nodes: Sequence[Node] | None = None,
+    batch_size: int = 64,
+    max_feature_nodes: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    **logit_kw: Any,
+) -> Attribution:
+    """The full adjacency of ``nodes`` (default :func:`build_nodes` with ``logit_kw``).
+
+    One backward pass per batch of targets: each row's read-out gradient at the token vectors
+    and at every MLP output is dotted with each source's vector. With more active features than
+    ``max_feature_nodes``, the logits' rows come first; then, batch by batch, the features of
+    largest influence estimated from the rows known so far get theirs, until ``max_feature_nodes``
+    are in. The graph keeps those features only (the others' edges are credited to no node).
+    """
+    nodes = list(nodes) if nodes is not None else build_nodes(ctx, **logit_kw)
+    if batch_size < 1:
+        raise AttributionError(f"batch_size: must be >= 1, got {batch_size}")
+    n = len(nodes)
+    sources = _Sources(ctx, nodes)
+    A = torch.zeros(n, n, dtype=torch.float64, device=ctx.mlp_in.device)
+    feats = [i for i, x in enumerate(nodes) if x.kind == "feature"]
+    logits = [i for i, x in enumerate(nodes) if x.kind == "logit"]
+    passes = 0
+
+    def fill(rows: Sequence[int], done: float) -> None:
+        nonlocal passes
+        sources.fill_rows(ctx, nodes, rows, A)
+        passes += 1
+        if progress is not None:
+            progress(done, "attributing")
+
+    if max_feature_nodes is None or len(feats) <= max_feature_nodes:
+        targets = feats + logits
+        for start in range(0, len(targets), batch_size):
+            fill(targets[start : start + batch_size], min(1.0, (start + batch_size) / len(targets)))
+        return Attribution(ctx, nodes, A, passes)
+
+    budget = max(0, max_feature_nodes)
+    for start in range(0, len(logits), batch_size):
+        fill(logits[start : start + batch_size], 0.0)
+    done = np.zeros(n, dtype=bool)
+    done[logits] = True
+    is_feature = kind_mask(nodes, "feature")
+    w = logit_weights(nodes)
+    kept = 0
+    while kept < budget:
+        est = _estimated_influence(A.cpu().numpy(), done, w)
+        est[~is_feature | done] = -1.0
+        order = np.argsort(-est, kind="stable")[: min(batch_size, budget - kept)]
+        order = order[est[order] > 0]
+        if order.size == 0:  # no feature left with a path to a logit
+            break
+        done[order] = True
+        kept += int(order.size)
+        fill(sorted(order.tolist()), kept / budget)
+    keep = np.flatnonzero(done & is_feature).tolist() + np.flatnonzero(~is_feature).tolist()
+    idx = torch.tensor(keep, dtype=torch.long, device=A.device)
+    return Attribution(ctx, [nodes[i] for i in keep], A[idx][:, idx], passes)
 
 
 def target_readouts(ctx: ReplacementContext, nodes: Sequence[Node], run: FrozenRun) -> Tensor:
     """Every target's read-out ``[..., T]`` of an (un-batched or batched) run, targets in node
     order: feature pre-activations and demeaned logits. Used by checks."""
     pre = ctx.pre_activations(run.mlp_in)
-    demeaned = run.logits - run.logits.mean(-1, keepdim=True)
     vals = []
     for t in nodes:
         if t.kind == "feature":
             vals.append(pre[..., t.layer, t.pos, t.index])
         elif t.kind == "logit":
-            vals.append(demeaned[..., t.pos, t.index])
+            vals.append(_logit_read(run.logits[..., t.pos, :], t))
     return torch.stack(vals, dim=-1)
+
+
+@dataclass
+class InterventionCheck:
+    """One target's change under an intervention on some nodes, predicted and measured."""
+
+    target: Node
+    predicted: float  # from the graph's edges, feature effects carried through its feature edges
+    actual: float  # the replacement model with features live (attention and norms frozen)
+    predicted_direct: float  # direct edges only (features held at their recorded values)
+    actual_direct: float  # the frozen-feature model: equals predicted_direct when the graph is exact
+
+
+def predict_change(
+    adjacency: np.ndarray, nodes: Sequence[Node], chosen: Sequence[int], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's predicted read-out change ``(through features, direct)`` when the ``chosen``
+    nodes' outputs are multiplied by ``scale`` (0 ablates).
+
+    A source whose output scales by ``1 + r`` moves each target by ``r·A[t, s]``. A feature that is
+    not chosen moves its own output in proportion to its pre-activation change (it is linear where
+    it is active), so ``r_f = Δpre_f / activation_f`` and the effects are carried along the
+    feature→feature edges, solving ``r = r₀ + M r`` with ``M[f, s] = A[f, s] / activation_f``.
+    """
+    A = np.asarray(adjacency, dtype=np.float64)
+    n = len(nodes)
+    r0 = np.zeros(n)
+    r0[list(chosen)] = scale - 1.0
+    direct = A @ r0
+    free = np.array([x.kind == "feature" and i not in set(chosen) for i, x in enumerate(nodes)])
+    act = np.array([x.activation if x.kind == "feature" and x.activation else 1.0 for x in nodes])
+    M = np.where(free[:, None], A / act[:, None], 0.0)
+    r = np.linalg.solve(np.eye(n) - M, r0)
+    return A @ r, direct
+
+
+@torch.no_grad()
+def intervene(
+    ctx: ReplacementContext, nodes: Sequence[Node], chosen: Sequence[int], scale: float
+) -> tuple[Tensor, Tensor]:
+    """Measured read-out changes of ``nodes`` ``(live features, frozen features)`` when the chosen
+    nodes' outputs are multiplied by ``scale``: tokens and errors through their vectors, features
+    clamped to ``scale × activation`` in the live pass."""
+    chosen_nodes = [nodes[i] for i in chosen]
+    out, emb, _ = source_vectors(ctx, chosen_nodes)
+    r = scale - 1.0
+    is_feature = torch.tensor([x.kind == "feature" for x in chosen_nodes], device=out.device)
+    embed_delta, out_delta = emb.sum(0) * r, out.sum(0) * r
+    live_out = out[~is_feature].sum(0) * r  # a clamped feature writes through its decoder itself
+    clamp = [
+        (x.layer, x.pos, x.index, float(ctx.activations[x.layer, x.pos, x.index]) * scale)
+        for x in chosen_nodes
+        if x.kind == "feature"
+    ]
+    base_live = target_readouts(ctx, nodes, ctx.forward("live"))
+    base_frozen = target_readouts(ctx, nodes, ctx.forward("frozen"))
+    live = target_readouts(ctx, nodes, ctx.forward("live", embed_delta, live_out, clamp=clamp)) - base_live
+    frozen = target_readouts(ctx, nodes, ctx.forward("frozen", embed_delta, out_delta)) - base_frozen
+    return live, frozen
+
+
+def check_interventions(
+    ctx: ReplacementContext,
+    adjacency: np.ndarray,
+    nodes: Sequence[Node],
+    chosen: Sequence[int],
+    scale: float = 0.0,
+) -> list[InterventionCheck]:
+    """Predicted (from ``adjacency``) against measured change of every logit node when the chosen
+    nodes are scaled; ``adjacency`` may be a pruned graph's (its missing edges are zeros)."""
+    if not chosen:
+        raise AttributionError("validate: choose at least one node")
+    if any(nodes[i].kind == "logit" for i in chosen):
+        raise AttributionError(
+            "validate: logit nodes have no output to scale; choose features, errors or tokens"
+        )
+    through, direct = predict_change(adjacency, nodes, chosen, scale)
+    live, frozen = intervene(ctx, nodes, chosen, scale)
+    targets = [i for i, x in enumerate(nodes) if x.kind in ("feature", "logit")]
+    col = {i: j for j, i in enumerate(targets)}
+    return [
+        InterventionCheck(
+            nodes[i], float(through[i]), float(live[col[i]]), float(direct[i]), float(frozen[col[i]])
+        )
+        for i in targets
+        if nodes[i].kind == "logit"
+    ]

@@ -37,13 +37,40 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcoders_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    import torch
+
+    from circuitd.methods.attribution_graph import TRANSCODERS_SUBDIR
+    from circuitd.models.registry import ZOO_DIR, load_model, parse_model_id
+    from circuitd.transcoder_train import TrainSettings, train_transcoders, write_set
+
+    ref = parse_model_id(args.model)
+    if args.out is None and ref.kind != "zoo":
+        raise CircuitdError("--out: required unless the model is a zoo model (its set goes into the zoo)")
+    out = args.out or ZOO_DIR / ref.name / TRANSCODERS_SUBDIR
+    given = {f.name: getattr(args, f.name) for f in fields(TrainSettings)}
+    given = {k: v for k, v in given.items() if v is not None}
+    given.setdefault("corpus", "synth" if args.model == "zoo:synth" else "tasks")
+    settings = TrainSettings(**given)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tset, card = train_transcoders(load_model(args.model, args.device), settings)
+    write_set(tset, card, out)
+    fve = " ".join(f"{f['fve']:.3f}" for f in card["layers"])
+    print(f"transcoders for {args.model} -> {out}: variance explained per layer {fve}, mean L0 "
+          f"{card['mean_l0']:.1f}, replacement top-1 agreement {card['replacement_top1_agreement']:.3f}")
+    return 0
+
+
 def _task_arg(value: str):
     """A generator name stays a name; a JSON file becomes an inline task."""
     from pathlib import Path
 
     from circuitd.tasks import GENERATORS, load_task_data
 
-    if value in GENERATORS:
+    if value is None or value in GENERATORS:
         return value
     if not Path(value).is_file():
         raise CircuitdError(f"--task: '{value}' is neither a generator ({', '.join(GENERATORS)}) nor a file")
@@ -84,9 +111,56 @@ class _Bar:
         self.bar.close()
 
 
+def _attribution_fields(args: argparse.Namespace) -> dict:
+    if args.method != "attribution-graph":
+        for flag in ("prompt", "transcoders", "target_token", "logit_diff", "max_feature_nodes"):
+            if getattr(args, flag) is not None:
+                raise CircuitdError(f"--{flag.replace('_', '-')}: only for --method attribution-graph")
+        return {}
+    return dict(
+        prompt=args.prompt, transcoders=args.transcoders, node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold, max_feature_nodes=args.max_feature_nodes,
+        desired_logit_prob=args.desired_logit_prob, max_n_logits=args.max_n_logits,
+        target_tokens=args.target_token, logit_diff=args.logit_diff,
+    )
+
+
+def _write_attribution(result, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from graphs import write_json
+
+    if args.format == "neuronpedia":
+        import json
+
+        from graphs.neuronpedia import to_neuronpedia
+
+        g = result.full_graph.graph
+        doc = to_neuronpedia(
+            result.full_graph, slug=Path(args.out).stem, prompt=g["prompt"], prompt_tokens=g["prompt_tokens"],
+            node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, scan=g["model"],
+        )
+        Path(args.out).write_text(json.dumps(doc, indent=1))
+    else:
+        write_json(result.full_graph if args.all_edges else result.graph, args.out)
+    m = result.metrics
+    top = m["top_logit"]
+    print(
+        f"attribution-graph on {args.model}: {m['n_nodes']}/{m['n_nodes_total']} nodes, "
+        f"{m['n_edges']} edges, replacement {m['replacement_score']:.3f}, "
+        f"completeness {m['completeness_score']:.3f}, top logit {top['token']!r} (p={top['prob']:.3f}), "
+        f"{m['seconds']:.1f}s -> {args.out}"
+    )
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from circuitd.discover import discover
     from graphs import write_json
+
+    if args.format == "neuronpedia" and args.method != "attribution-graph":
+        raise CircuitdError("--format: neuronpedia is for --method attribution-graph")
+    if args.method != "attribution-graph" and args.task is None:
+        raise CircuitdError("--task: required for --method " + args.method)
 
     acdc = dict(
         tau=args.tau or [0.01], abs_diff=args.abs, acdc_metric=args.acdc_metric,
@@ -95,13 +169,16 @@ def cmd_discover(args: argparse.Namespace) -> int:
     )
     spec = _spec_from_args(
         args, method=args.method, top_n=args.top_n, threshold=args.threshold, ig_steps=args.ig_steps,
-        curve=not args.no_curve, **acdc,
+        curve=not args.no_curve, **acdc, **_attribution_fields(args),
     )
     bar = _Bar()
     try:
         result = discover(spec, progress=bar)
     finally:
         bar.close()
+    if spec.method == "attribution-graph":
+        _write_attribution(result, args)
+        return 0
     write_json(result.full_graph if args.all_edges else result.graph, args.out)
     m = result.metrics
     print(
@@ -167,9 +244,51 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_task_args(p: argparse.ArgumentParser) -> None:
+def cmd_validate_graph(args: argparse.Namespace) -> int:
+    import torch
+
+    from circuitd.attribution import check_interventions, record
+    from circuitd.methods.attribution_graph import load_transcoders
+    from circuitd.models.registry import load_model
+    from graphs import read_json
+    from graphs.attribution import graph_parts, node_id
+
+    try:
+        graph = read_json(args.graph)
+        meta = graph.graph
+        model_id, ids, n_layers = meta["model"], meta["prompt_ids"], int(meta["n_layers"])
+        nodes, adjacency = graph_parts(graph)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CircuitdError(
+            f"--graph: {args.graph} is not an attribution graph from discover: {exc}"
+        ) from exc
+    names = [node_id(n, n_layers) for n in nodes]
+    chosen = []
+    for name in args.node:
+        if name not in names:
+            raise CircuitdError(f"--node: '{name}' is not a node of {args.graph}")
+        chosen.append(names.index(name))
+    model = load_model(model_id, args.device)
+    source = args.transcoders if args.transcoders is not None else meta.get("transcoders")
+    ctx = record(model, load_transcoders(source, model), torch.tensor(ids))
+    checks = check_interventions(ctx, adjacency, nodes, chosen, args.scale)
+    kind = "full" if meta.get("full") else "pruned"
+    print(f"graph: {args.graph} ({kind}: {len(nodes)} nodes); "
+          f"scaling {', '.join(args.node)} by {args.scale:g}")
+    print(f"{'logit':<16} {'predicted':>11} {'actual':>11} {'pred.direct':>12} {'act.direct':>11}")
+    for c in checks:
+        label = c.target.token if c.target.token is not None else str(c.target.index)
+        print(f"{label!r:<16} {c.predicted:>+11.5f} {c.actual:>+11.5f} {c.predicted_direct:>+12.5f} "
+              f"{c.actual_direct:>+11.5f}")
+    worst = max(abs(c.predicted - c.actual) for c in checks)
+    print(f"max |predicted - actual|: {worst:.5g}")
+    return 0
+
+
+def _add_task_args(p: argparse.ArgumentParser, task_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
-    p.add_argument("--task", required=True, help="a generator (ioi, greater_than, induction, random) or JSON")
+    p.add_argument("--task", required=task_required,
+                   help="a generator (ioi, greater_than, induction, random) or JSON")
     p.add_argument("--metric", choices=["logit_diff", "prob_diff", "kl", "nll"])
     p.add_argument("--ablation", choices=["resample", "zero", "mean"], default="resample")
     p.add_argument("--n-prompts", type=int)
@@ -189,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_edges)
 
     p = sub.add_parser("discover", help="find a circuit (in-process)")
-    _add_task_args(p)
-    p.add_argument("--method", choices=["eap", "eap-ig", "acdc"], default="eap-ig")
+    _add_task_args(p, task_required=False)
+    p.add_argument("--method", choices=["eap", "eap-ig", "acdc", "attribution-graph"], default="eap-ig")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top-n", type=int, help="keep the N edges of largest |score| (default 5%%)")
     group.add_argument("--threshold", type=float, help="keep edges with |score| >= X")
@@ -204,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--prefilter-top-n", type=int, help="test only the top N edges by EAP score")
     pre.add_argument("--prefilter-threshold", type=float, help="test only edges with |EAP score| >= X")
     acdc.add_argument("--prefilter-method", choices=["eap", "eap-ig"], default="eap-ig")
+    ag = p.add_argument_group("attribution-graph")
+    ag.add_argument("--prompt", help="the prompt to explain (or --task: its first clean prompt)")
+    ag.add_argument("--transcoders", help="transcoder directory or hub id (default: the zoo model's)")
+    ag.add_argument("--node-threshold", type=float, default=0.8)
+    ag.add_argument("--edge-threshold", type=float, default=0.98)
+    ag.add_argument("--max-feature-nodes", type=int, help="keep at most N features, by estimated influence")
+    ag.add_argument("--desired-logit-prob", type=float, default=0.95)
+    ag.add_argument("--max-n-logits", type=int, default=10)
+    targets = ag.add_mutually_exclusive_group()
+    targets.add_argument("--target-token", action="append", help="explain this token's logit (repeat)")
+    targets.add_argument("--logit-diff", nargs=2, metavar=("CORRECT", "INCORRECT"),
+                         help="explain the logit difference of two tokens")
+    p.add_argument("--format", choices=["json", "neuronpedia"], default="json",
+                   help="node-link JSON, or the Neuronpedia layout (attribution-graph)")
     p.add_argument("--all-edges", action="store_true", help="write every scored edge, not just the circuit")
     p.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     p.add_argument("--out", required=True)
@@ -213,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     p.add_argument("--circuit", required=True, help="node-link JSON written by discover")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("validate-graph", help="scale nodes of an attribution graph: predicted vs actual")
+    p.add_argument("--graph", required=True, help="node-link JSON from discover --method attribution-graph")
+    p.add_argument("--node", action="append", required=True, help="a node id (repeat)")
+    p.add_argument("--scale", type=float, default=0.0, help="multiply the nodes' outputs by this (0: ablate)")
+    p.add_argument("--transcoders", help="override the transcoders recorded in the graph")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_validate_graph)
 
     p = sub.add_parser("summary", help="print the summary of a circuit file")
     p.add_argument("file")
@@ -226,6 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="models shipped with circuitd").add_subparsers(
         dest="zoo_command", required=True
     )
+    tcs = sub.add_parser("transcoders", help="transcoder sets for attribution graphs").add_subparsers(
+        dest="transcoders_command", required=True
+    )
+    p = tcs.add_parser("train", help="train a per-layer transcoder set on a model's activations")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", help="output directory (default for zoo models: the shipped set)")
+    p.add_argument("--corpus", help="synth (zoo:synth's mix), tasks (the task generators) or a text file")
+    p.add_argument("--d-tc", dest="d_tc", type=int, help="features per layer (1024)")
+    p.add_argument("--activation", choices=["topk", "relu"], help="topk (default) or relu with an L1 penalty")
+    p.add_argument("--k", type=int, help="active features per token for topk (16)")
+    p.add_argument("--l1", type=float, help="L1 coefficient for relu")
+    p.add_argument("--steps", type=int, help="Adam steps per layer (3000)")
+    p.add_argument("--batch", type=int, help="positions per step (2048)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--n-sequences", dest="n_sequences", type=int, help="training sequences (12000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_transcoders_train)
+
     p = zoo.add_parser("train", help="train a zoo model reproducibly on the CPU")
     p.add_argument("name")
     p.add_argument("--out", help="output directory (default: the shipped zoo directory)")

@@ -28,11 +28,13 @@ from graphs import build_edge_circuit
 
 @dataclass
 class CircuitResult:
-    graph: nx.MultiDiGraph  # circuit edges only
-    full_graph: nx.MultiDiGraph  # every scored edge, marked in_circuit or not
-    scores: torch.Tensor
-    keep: torch.Tensor
+    """An edge circuit (MultiDiGraph) or an attribution graph (DiGraph), with its metrics."""
+
+    graph: nx.MultiDiGraph | nx.DiGraph  # the circuit only (kept edges / pruned graph)
+    full_graph: nx.MultiDiGraph | nx.DiGraph  # every scored edge, marked in_circuit or not
     metrics: dict[str, Any]
+    scores: torch.Tensor | None = None  # edge methods: one score per edge
+    keep: torch.Tensor | None = None
 
 
 def build_task(spec: JobSpec, model: ModelAdapter) -> Task:
@@ -80,6 +82,11 @@ def method_params(spec: JobSpec) -> dict[str, Any]:
 def discover(
     spec: JobSpec, progress: Progress | None = None, should_stop: ShouldStop | None = None
 ) -> CircuitResult:
+    if spec.method == "attribution-graph":
+        from circuitd.methods.attribution_graph import run_attribution_graph
+
+        pruned, full, found = run_attribution_graph(spec, progress, should_stop)
+        return CircuitResult(graph=pruned, full_graph=full, metrics=found)
     started = time.perf_counter()
     model = load_model(spec.model, spec.device, spec.dtype)
     graph = EdgeGraph(model.shape, spec.split_qkv)

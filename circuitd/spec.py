@@ -24,12 +24,14 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    task: str | TaskData = Field(description="a generator name or an inline task")
+    task: str | TaskData | None = Field(
+        default=None, description="a generator name or an inline task (attribution-graph: or give prompt)"
+    )
     task_params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     n_prompts: int | None = Field(default=None, ge=1)
     seed: int = 0
     metric: str | None = Field(default=None, description="overrides the task's metric")
-    method: Literal["eap", "eap-ig", "acdc"] = "eap-ig"
+    method: Literal["eap", "eap-ig", "acdc", "attribution-graph"] = "eap-ig"
     ig_steps: int = Field(default=5, ge=1)
     tau: list[float] = Field(default_factory=lambda: [0.01], min_length=1, description="ACDC thresholds")
     abs_diff: bool = Field(default=False, description="ACDC compares |metric change| with tau")
@@ -45,6 +47,24 @@ class JobSpec(BaseModel):
     device: str = "cpu"
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     curve: bool = True
+    # attribution-graph
+    prompt: str | list[int] | None = Field(default=None, description="attribution-graph: the prompt")
+    transcoders: str | None = Field(
+        default=None, description="attribution-graph: a transcoder directory or hub id (default: the zoo's)"
+    )
+    node_threshold: float = Field(default=0.8, ge=0, le=1)
+    edge_threshold: float = Field(default=0.98, ge=0, le=1)
+    max_feature_nodes: int | None = Field(default=None, ge=1)
+    desired_logit_prob: float = Field(default=0.95, gt=0, le=1)
+    max_n_logits: int = Field(default=10, ge=1)
+    target_tokens: list[str | int] | None = Field(default=None, min_length=1, description="logits to explain")
+    logit_diff: list[str | int] | None = Field(
+        default=None, min_length=2, max_length=2, description="[correct, incorrect]: explain their difference"
+    )
+    validate_nodes: list[str] | None = Field(
+        default=None, min_length=1, description="attribution-graph: node ids to scale after attributing"
+    )
+    validate_scale: float = Field(default=0.0, description="the scale for validate_nodes (0 ablates)")
 
     @field_validator("model")
     @classmethod
@@ -84,6 +104,21 @@ class JobSpec(BaseModel):
             raise ValueError("top_n and threshold: give at most one")
         if self.prefilter_top_n is not None and self.prefilter_threshold is not None:
             raise ValueError("prefilter_top_n and prefilter_threshold: give at most one")
+        if self.method == "attribution-graph":
+            if (self.task is None) == (self.prompt is None):
+                raise ValueError("prompt: attribution-graph takes a prompt or a task (its first prompt)")
+            if (isinstance(self.prompt, str) and not self.prompt.strip()) or self.prompt == []:
+                raise ValueError("prompt: empty")
+            if self.target_tokens is not None and self.logit_diff is not None:
+                raise ValueError("target_tokens and logit_diff: give at most one")
+            if self.max_feature_nodes is not None and self.max_feature_nodes > s.max_feature_nodes:
+                raise ValueError(
+                    f"max_feature_nodes: {self.max_feature_nodes} exceeds the limit of {s.max_feature_nodes}"
+                )
+        elif self.task is None:
+            raise ValueError("task: required (a generator name or an inline task)")
+        elif self.prompt is not None:
+            raise ValueError(f"prompt: only the attribution-graph method takes a prompt, not {self.method}")
         n = self.n_prompts or (len(self.task.clean) if isinstance(self.task, TaskData) else 0)
         if n > s.max_prompts:
             raise ValueError(f"n_prompts: {n} prompts exceed the limit of {s.max_prompts}")
@@ -93,4 +128,6 @@ class JobSpec(BaseModel):
 
     @property
     def task_name(self) -> str:
+        if self.task is None:
+            return "prompt"
         return self.task if isinstance(self.task, str) else self.task.name

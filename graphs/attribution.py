@@ -39,7 +39,9 @@ class Node:
 
     ``index`` is the transcoder feature index for a feature and the vocabulary id for a token or a
     logit (None for an error). ``layer`` is required for features and errors and ignored for tokens
-    and logits. ``pos`` of a logit is the position whose output it reads (the last one).
+    and logits. ``pos`` of a logit is the position whose output it reads (the last one). A logit
+    with a ``contrast`` token id reads the logit difference ``logit[index] − logit[contrast]``
+    rather than the demeaned logit of ``index``.
     """
 
     kind: NodeKind
@@ -49,6 +51,7 @@ class Node:
     activation: float | None = None
     prob: float | None = None
     token: str | None = None
+    contrast: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -115,7 +118,7 @@ def _reaching(support: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return reached
 
 
-def _influence_normalized(a_hat: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def influence_of_normalized(a_hat: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``w·Â(I − Â)⁻¹`` for an already normalised ``Â``; see :func:`influence`."""
     n = a_hat.shape[0]
     out = np.zeros(n, dtype=np.float64)
@@ -153,7 +156,7 @@ def influence(adjacency: np.ndarray, weights: np.ndarray) -> np.ndarray:
     weights = np.asarray(weights, dtype=np.float64)
     if weights.shape != (adjacency.shape[0],):
         raise ValueError(f"weights have shape {weights.shape}, expected ({adjacency.shape[0]},)")
-    return _influence_normalized(normalized_abs(adjacency), weights)
+    return influence_of_normalized(normalized_abs(adjacency), weights)
 
 
 def _prefix_length(sorted_desc: np.ndarray, threshold: float) -> int:
@@ -248,7 +251,7 @@ def prune(
     is_feature = kind_mask(nodes, "feature")
     is_error = kind_mask(nodes, "error")
 
-    infl = _influence_normalized(normalized_abs(adjacency), w)
+    infl = influence_of_normalized(normalized_abs(adjacency), w)
     order, cumulative = cumulative_share(infl)
     node_mask = always.copy()
     top = order[: _prefix_length(infl[order], node_threshold)]
@@ -256,7 +259,7 @@ def prune(
 
     pruned = np.where(node_mask[:, None] & node_mask[None, :], adjacency, 0.0)
     a_hat = normalized_abs(pruned)
-    pruned_infl = _influence_normalized(a_hat, w)
+    pruned_infl = influence_of_normalized(a_hat, w)
     edge_scores = a_hat * (pruned_infl + w)[:, None]
 
     flat = edge_scores.ravel()
@@ -452,6 +455,7 @@ def to_networkx(
             token=n.token,
             activation=_opt_float(n.activation),
             prob=_opt_float(n.prob),
+            contrast=n.contrast,
             influence=float(result.influence[i]),
             cumulative_influence=float(result.cumulative[i]),
             index=i,
@@ -475,21 +479,14 @@ _GRAPH_KEYS = (
 )
 
 
-def from_networkx(graph: nx.DiGraph) -> AttributionGraph:
-    """Rebuild the :class:`AttributionGraph` from a full :func:`to_networkx` graph (``all_edges=True``).
-
-    Works on a graph read back from node-link JSON too. ValueError for a pruned-only graph: its
-    matrix is gone, and pruning what is left would not give the same result.
-    """
-    if not graph.graph.get("full"):
-        raise ValueError("this graph holds only its pruned part; store it with to_networkx(all_edges=True)")
-    n = graph.number_of_nodes()
-    n_layers = int(graph.graph["n_layers"])
+def graph_parts(graph: nx.DiGraph) -> tuple[list[Node], np.ndarray]:
+    """The nodes (in matrix order) and the adjacency of a :func:`to_networkx` graph, pruned or
+    full: a pruned graph gives its kept nodes and kept edges only (what a reader of it sees)."""
     by_index: dict[int, Node] = {}
-    row: dict[Any, int] = {}
+    keys: dict[Any, int] = {}
     for key, d in graph.nodes(data=True):
-        i = int(d["index"])
         kind = d["kind"]
+        i = int(d["index"])
         by_index[i] = Node(
             kind=kind,
             pos=int(d["pos"]),
@@ -498,14 +495,28 @@ def from_networkx(graph: nx.DiGraph) -> AttributionGraph:
             activation=d.get("activation"),
             prob=d.get("prob"),
             token=d.get("token"),
+            contrast=d.get("contrast"),
         )
-        row[key] = i
-    if sorted(by_index) != list(range(n)):
-        raise ValueError("node indices are not 0..n-1")
-    a = np.zeros((n, n), dtype=np.float64)
+        keys[key] = i
+    order = sorted(by_index)
+    row = {i: r for r, i in enumerate(order)}
+    a = np.zeros((len(order), len(order)), dtype=np.float64)
     for u, v, d in graph.edges(data=True):
-        a[row[v], row[u]] = float(d["weight"])
+        a[row[keys[v]], row[keys[u]]] = float(d["weight"])
+    return [by_index[i] for i in order], a
+
+
+def from_networkx(graph: nx.DiGraph) -> AttributionGraph:
+    """Rebuild the :class:`AttributionGraph` from a full :func:`to_networkx` graph (``all_edges=True``).
+
+    Works on a graph read back from node-link JSON too. ValueError for a pruned-only graph: its
+    matrix is gone, and pruning what is left would not give the same result.
+    """
+    if not graph.graph.get("full"):
+        raise ValueError("this graph holds only its pruned part; store it with to_networkx(all_edges=True)")
+    n_layers = int(graph.graph["n_layers"])
+    if sorted(int(d["index"]) for _, d in graph.nodes(data=True)) != list(range(graph.number_of_nodes())):
+        raise ValueError("node indices are not 0..n-1")
+    nodes, a = graph_parts(graph)
     meta = {k: v for k, v in graph.graph.items() if k not in _GRAPH_KEYS}
-    return AttributionGraph(
-        a, tuple(by_index[i] for i in range(n)), n_layers, prompt=graph.graph.get("prompt", ""), meta=meta
-    )
+    return AttributionGraph(a, tuple(nodes), n_layers, prompt=graph.graph.get("prompt", ""), meta=meta)

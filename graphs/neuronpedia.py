@@ -97,7 +97,9 @@ def _node_record(
     else:
         layer, feature, js = str(n_layers + 1), int(node.index), f"L_{node.index}-{node.pos}"
     if clerp is None and kind == "logit":
-        clerp = f'Output "{node.token if node.token is not None else node.index}" (p={prob:.3f})'
+        label = node.token if node.token is not None else node.index
+        what = f"p={prob:.3f}" if node.contrast is None else "logit difference"
+        clerp = f'Output "{label}" ({what})'
     return {
         "node_id": nid,
         "feature": feature,

@@ -1,4 +1,4 @@
-"""A human-readable summary of an edge circuit."""
+"""A human-readable summary of an edge circuit or an attribution graph."""
 
 from __future__ import annotations
 
@@ -11,7 +11,39 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def summarize(graph: nx.MultiDiGraph, top: int = 10) -> str:
+def summarize_attribution(graph: nx.DiGraph, top: int = 10) -> str:
+    g = graph.graph
+    m = g.get("metrics", {})
+    kept = [k for k, d in graph.nodes(data=True) if d.get("in_circuit", True)]
+    kinds = Counter(graph.nodes[k].get("kind") for k in kept)
+    logits = [d for _, d in graph.nodes(data=True) if d.get("kind") == "logit"]
+    logits.sort(key=lambda d: -(d.get("prob") or 0))
+    lines = [
+        f"attribution graph: {g.get('model')} / {g.get('prompt')!r}",
+        f"nodes: {len(kept)} of {g.get('n_nodes_total')} ({kinds.get('feature', 0)} features, "
+        f"{kinds.get('error', 0)} errors, {kinds.get('token', 0)} tokens, {kinds.get('logit', 0)} logits)"
+        f"   edges: {g.get('n_edges')} of {g.get('n_edges_total')}",
+        f"replacement: {_fmt(g.get('replacement_score'))}   completeness: {_fmt(g.get('completeness_score'))}"
+        f"   thresholds: node {g.get('node_threshold')}, edge {g.get('edge_threshold')}",
+        "logits: " + ", ".join(f"{d.get('token')!r} p={_fmt(d.get('prob'))}" for d in logits),
+    ]
+    if "backward_passes" in m:
+        lines.append(f"backward passes: {m['backward_passes']} (floor {m.get('backward_passes_floor')})")
+    feats = [(k, graph.nodes[k]) for k in kept if graph.nodes[k].get("kind") == "feature"]
+    feats = sorted(feats, key=lambda kd: -(kd[1].get("influence") or 0.0))[:top]
+    if feats:
+        lines.append(f"top {len(feats)} features by influence:")
+        lines += [
+            f"  {k:<16} layer {d['layer']} pos {d['pos']} act {_fmt(d.get('activation'))} "
+            f"influence {_fmt(d.get('influence'))}"
+            for k, d in feats
+        ]
+    return "\n".join(lines)
+
+
+def summarize(graph: nx.MultiDiGraph | nx.DiGraph, top: int = 10) -> str:
+    if graph.graph.get("kind") == "attribution":
+        return summarize_attribution(graph, top)
     g = graph.graph
     m = g.get("metrics", {})
     kept = [(u, v, d) for u, v, d in graph.edges(data=True) if d.get("in_circuit", True)]

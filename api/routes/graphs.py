@@ -1,6 +1,9 @@
 """``/v1/jobs/{id}/graph``: the graph of a succeeded job and questions asked of it.
 
-``all_edges=true`` works on every scored edge; the default is the circuit's edges only.
+``all_edges=true`` works on every scored edge; the default is the circuit's edges only. An
+attribution graph (method ``attribution-graph``) is stored whole, so it can also be re-pruned
+with other thresholds, exported in the Neuronpedia layout, asked for its top features and the
+strongest paths into a logit, and validated by a follow-up job that scales chosen nodes.
 """
 
 from __future__ import annotations
@@ -9,21 +12,41 @@ import json
 from typing import Annotated, Any, Literal
 
 import networkx as nx
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import JobDep, OwnerDep, StoreDep, graphs
+from api.routes.jobs import enqueue
+from api.schemas import JobOut
+from circuitd.spec import JobSpec
 from circuitd.store import Job, Store
+from graphs import attribution_queries as aq
 from graphs import queries, to_node_link
 
 router = APIRouter(prefix="/jobs/{job_id}/graph", tags=["graphs"])
 
 AllEdges = Annotated[bool, Query(description="every scored edge, not only the circuit's")]
-Format = Annotated[Literal["json", "graphml"], Query(description="node-link JSON or GraphML")]
+Format = Annotated[
+    Literal["json", "graphml", "neuronpedia"],
+    Query(description="node-link JSON, GraphML, or the Neuronpedia layout (attribution graphs)"),
+]
+Threshold = Annotated[float | None, Query(ge=0, le=1, description="attribution graphs: re-prune with this")]
 
 
 def _graph(st: Store, job: Job, all_edges: bool) -> nx.MultiDiGraph:
     _, full = graphs.get(st, job)
-    return full if all_edges else queries.circuit_only(full)
+    if all_edges:
+        return full
+    return aq.reprune(full) if aq.is_attribution(full) else queries.circuit_only(full)
+
+
+def _attribution(st: Store, job: Job) -> nx.DiGraph:
+    _, full = graphs.get(st, job)
+    if not aq.is_attribution(full):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job.id} holds an edge circuit, not an attribution graph"
+        )
+    return full
 
 
 def _json(body: Any) -> Response:
@@ -40,12 +63,37 @@ def _render(graph: nx.MultiDiGraph, fmt: str, job_id: str, suffix: str = "") -> 
 
 
 @router.get("")
-def get_graph(job: JobDep, st: StoreDep, all_edges: AllEdges = False, format: Format = "json") -> Response:
-    """Node-link JSON (``nodes``, ``links``, metadata in ``graph``) or GraphML."""
+def get_graph(
+    job: JobDep,
+    st: StoreDep,
+    all_edges: AllEdges = False,
+    format: Format = "json",
+    node_threshold: Threshold = None,
+    edge_threshold: Threshold = None,
+) -> Response:
+    """Node-link JSON (``nodes``, ``links``, metadata in ``graph``), GraphML or, for attribution
+    graphs, the Neuronpedia layout; attribution graphs re-pruned when thresholds are given."""
     raw, full = graphs.get(st, job)
+    attribution = aq.is_attribution(full)
+    thresholds = node_threshold is not None or edge_threshold is not None
+    if not attribution and (format == "neuronpedia" or thresholds):
+        detail = "format=neuronpedia and node/edge thresholds are for attribution graphs, not edge circuits"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
+    if format == "neuronpedia":
+        from graphs.neuronpedia import to_neuronpedia
+
+        g = full.graph
+        return _json(to_neuronpedia(
+            full, slug=job.id, prompt=g.get("prompt", ""), prompt_tokens=g.get("prompt_tokens", []),
+            node_threshold=g["node_threshold"] if node_threshold is None else node_threshold,
+            edge_threshold=g["edge_threshold"] if edge_threshold is None else edge_threshold,
+            scan=str(g.get("model", "")),
+        ))
     if all_edges and format == "json":
         return Response(raw, media_type="application/json")  # stored as is: no re-encoding
-    return _render(full if all_edges else queries.circuit_only(full), format, job.id)
+    if attribution and not all_edges:
+        return _render(aq.reprune(full, node_threshold, edge_threshold), format, job.id)
+    return _render(_graph(st, job, all_edges), format, job.id)
 
 
 @router.get("/top")
@@ -103,3 +151,61 @@ def compare(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {other_id} not found")
     result = queries.compare(_graph(st, job, all_edges), _graph(st, other, all_edges))
     return _json({"a": job.id, "b": other.id, **result})
+
+
+@router.get("/features")
+def features(job: JobDep, st: StoreDep, n: Annotated[int, Query(ge=1, le=100_000)] = 20) -> Response:
+    """Attribution graphs: the ``n`` features of largest influence on the logits."""
+    return _json({"job": job.id, "features": aq.top_features(_attribution(st, job), n)})
+
+
+@router.get("/logit-paths")
+def logit_paths(
+    job: JobDep,
+    st: StoreDep,
+    logit: Annotated[str | None, Query(description="a logit node id (default: the most probable)")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
+    node_threshold: Threshold = None,
+    edge_threshold: Threshold = None,
+) -> Response:
+    """Attribution graphs: the strongest paths (by weakest edge score) into a logit of the pruned graph."""
+    pruned = aq.reprune(_attribution(st, job), node_threshold, edge_threshold)
+    if logit is None:
+        logit = max(aq.logit_nodes(pruned), key=lambda k: pruned.nodes[k].get("prob") or 0.0)
+    try:
+        return _json({"job": job.id, **aq.paths_to_logit(pruned, logit, limit)})
+    except KeyError as exc:
+        detail = f"logit: '{logit}' is not a logit node of the graph ({', '.join(aq.logit_nodes(pruned))})"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail) from exc
+
+
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[str] = Field(min_length=1, description="node ids of the graph to scale")
+    scale: float = Field(default=0.0, description="multiply their outputs by this (0 ablates)")
+
+
+@router.post("/validate", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def validate(
+    body: ValidateRequest,
+    job: JobDep,
+    owner: OwnerDep,
+    st: StoreDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Queue a job that recomputes this attribution graph (deterministically) and scales the given
+    nodes under frozen attention; its ``metrics.validation`` holds predicted against actual
+    changes of every target logit."""
+    full = _attribution(st, job)
+    missing = [n for n in body.nodes if n not in full]
+    if missing:
+        detail = f"nodes: '{missing[0]}' is not in the graph"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
+    logits = [n for n in body.nodes if full.nodes[n].get("kind") == "logit"]
+    if logits:
+        detail = f"nodes: '{logits[0]}' is a logit, not a source"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
+    spec = JobSpec.model_validate({**job.spec, "validate_nodes": body.nodes, "validate_scale": body.scale})
+    return enqueue(spec, owner, st, response, idempotency_key)

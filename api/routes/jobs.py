@@ -26,6 +26,13 @@ def submit(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Queue a discovery job. The same Idempotency-Key (per owner) returns the same job."""
+    return enqueue(spec, owner, st, response, idempotency_key)
+
+
+def enqueue(
+    spec: JobSpec, owner: str, st: StoreDep, response: Response, idempotency_key: str | None
+) -> JobOut:
+    """Create the job and send it to its queue (or replay the idempotent one)."""
     data = spec.model_dump(mode="json")
     try:
         job, created = st.create_job(owner, data, queue_for(spec.device), idempotency_key)

@@ -1,4 +1,9 @@
-"""Circuit-discovery methods by name; each is ``run(ctx: MethodContext) -> MethodResult``."""
+"""Circuit-discovery methods by name.
+
+The edge methods are ``run(ctx: MethodContext) -> MethodResult`` over one edge graph and a task;
+``attribution-graph`` explains one prompt through transcoders and is run by
+:func:`circuitd.methods.attribution_graph.run_attribution_graph` (``discover`` dispatches).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from collections.abc import Callable
 
 from circuitd.methods.base import MethodContext, MethodResult
 
-METHOD_NAMES = ("eap", "eap-ig", "acdc")
+EDGE_METHODS = ("eap", "eap-ig", "acdc")
+METHOD_NAMES = (*EDGE_METHODS, "attribution-graph")
 
 
 def get_method(name: str) -> Callable[[MethodContext], MethodResult]:

@@ -89,7 +89,7 @@ class Task:
         return len(self.clean)
 
 
-def _prompt_ids(
+def prompt_ids(
     prompt: Prompt, where: str, tokenizer: Tokenizer | None, bos: bool, d_vocab: int
 ) -> list[int]:
     if isinstance(prompt, str):
@@ -109,7 +109,7 @@ def _prompt_ids(
     return ids
 
 
-def _answer_ids(answer: Answer, where: str, tokenizer: Tokenizer | None, d_vocab: int) -> list[int]:
+def answer_ids(answer: Answer, where: str, tokenizer: Tokenizer | None, d_vocab: int) -> list[int]:
     items = answer if isinstance(answer, list) else [answer]
     out: list[int] = []
     for j, item in enumerate(items):
@@ -131,8 +131,8 @@ def resolve_task(data: TaskData, tokenizer: Tokenizer | None, d_vocab: int, n_ct
     """Token ids for every prompt and answer; errors name the field and the prompt."""
     clean, corrupted, answer_pos = [], [], []
     for i, (c, k) in enumerate(zip(data.clean, data.corrupted, strict=True)):
-        cid = _prompt_ids(c, f"clean[{i}]", tokenizer, data.prepend_bos, d_vocab)
-        kid = _prompt_ids(k, f"corrupted[{i}]", tokenizer, data.prepend_bos, d_vocab)
+        cid = prompt_ids(c, f"clean[{i}]", tokenizer, data.prepend_bos, d_vocab)
+        kid = prompt_ids(k, f"corrupted[{i}]", tokenizer, data.prepend_bos, d_vocab)
         if len(cid) != len(kid):
             raise TaskError(
                 f"corrupted[{i}]", f"{len(kid)} tokens but clean[{i}] has {len(cid)} tokens"
@@ -146,8 +146,8 @@ def resolve_task(data: TaskData, tokenizer: Tokenizer | None, d_vocab: int, n_ct
         clean.append(cid)
         corrupted.append(kid)
         answer_pos.append(pos % len(cid))
-    correct = [_answer_ids(a, f"correct[{i}]", tokenizer, d_vocab) for i, a in enumerate(data.correct)]
+    correct = [answer_ids(a, f"correct[{i}]", tokenizer, d_vocab) for i, a in enumerate(data.correct)]
     incorrect = [
-        _answer_ids(a, f"incorrect[{i}]", tokenizer, d_vocab) for i, a in enumerate(data.incorrect)
+        answer_ids(a, f"incorrect[{i}]", tokenizer, d_vocab) for i, a in enumerate(data.incorrect)
     ]
     return Task(data.name, clean, corrupted, correct, incorrect, answer_pos, data.metric)

@@ -230,3 +230,58 @@ def test_health_ready_metrics_and_catalog(service: Service, alice: Api) -> None:
     tasks = alice.http.get("/v1/tasks").json()
     assert "ioi" in tasks["generators"] and "kl" in tasks["metrics"]
     assert alice.http.get("/v1/jobs/0123456789abcdef/graph").status_code == 404
+
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_attribution_graph_job_queries_and_validation(service: Service, alice: Api) -> None:
+    """An attribution-graph job over HTTP with zoo:synth's shipped transcoders: the stored graph is
+    re-pruned, exported in the Neuronpedia layout and queried without recomputation; validation
+    is a follow-up job whose metrics hold predicted and actual logit changes."""
+    from graphs.neuronpedia import validate_neuronpedia
+
+    r = alice.submit({"model": "zoo:synth", "method": "attribution-graph", "prompt": IOI_PROMPT})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    done = alice.wait(job_id)
+    assert done["status"] == "succeeded", done
+    m = done["metrics"]
+    assert m["top_logit"]["token"].strip() == "Mary" and 0 < m["replacement_score"] <= 1
+    base = f"/v1/jobs/{job_id}/graph"
+
+    pruned = alice.http.get(base).json()
+    assert len(pruned["nodes"]) == m["n_nodes"] and len(pruned["links"]) == m["n_edges"]
+    assert pruned["graph"]["kind"] == "attribution"
+    full = alice.http.get(base, params={"all_edges": "true"}).json()
+    assert len(full["nodes"]) == m["n_nodes_total"] > len(pruned["nodes"])
+    tighter = alice.http.get(base, params={"node_threshold": 0.5, "edge_threshold": 0.9}).json()
+    assert len(tighter["nodes"]) < len(pruned["nodes"])
+    assert tighter["graph"]["node_threshold"] == 0.5
+    doc = alice.http.get(base, params={"format": "neuronpedia"}).json()
+    assert validate_neuronpedia(doc) == []
+    assert {n["node_id"] for n in doc["nodes"]} == {n["id"] for n in pruned["nodes"]}
+
+    feats = alice.http.get(f"{base}/features", params={"n": 5}).json()["features"]
+    influence = [f["influence"] for f in feats]
+    assert len(feats) == 5 and influence == sorted(influence, reverse=True)
+    paths = alice.http.get(f"{base}/logit-paths", params={"limit": 10}).json()
+    assert paths["paths"] and all(p["nodes"][-1] == paths["logit"] for p in paths["paths"])
+    assert alice.http.get(f"{base}/logit-paths", params={"logit": "nope"}).status_code == 404
+
+    bad = alice.http.post(f"{base}/validate", json={"nodes": ["nope"]})
+    assert bad.status_code == 422 and "nodes: 'nope'" in bad.json()["detail"]
+    r = alice.http.post(f"{base}/validate", json={"nodes": [feats[0]["id"], feats[1]["id"]], "scale": 0.0})
+    assert r.status_code == 202, r.text
+    check = alice.wait(r.json()["id"])
+    assert check["status"] == "succeeded", check
+    v = check["metrics"]["validation"]
+    assert v["nodes"] == [feats[0]["id"], feats[1]["id"]] and v["targets"]
+    for t in v["targets"]:
+        assert t["actual_direct"] == pytest.approx(t["predicted_direct"], abs=1e-3)
+        assert {"predicted", "predicted_pruned", "actual"} <= set(t)
+
+    edge_job = alice.wait(alice.submit(TINY).json()["id"])
+    other = f"/v1/jobs/{edge_job['id']}/graph"
+    assert alice.http.get(other, params={"format": "neuronpedia"}).status_code == 422
+    assert alice.http.get(f"{other}/features").status_code == 409

@@ -15,6 +15,7 @@ from circuitd.attribution import (
     ReplacementContext,
     active_features,
     attribute,
+    check_interventions,
     record,
     select_logits,
     source_vectors,
@@ -22,7 +23,7 @@ from circuitd.attribution import (
 )
 from circuitd.models.registry import load_model
 from circuitd.transcoders import random_transcoders
-from graphs.attribution import check_nodes
+from graphs.attribution import check_nodes, logit_weights, normalized_abs
 
 TOL = dict(atol=1e-4, rtol=0.0)
 # (preset, transcoder kind, activation, skip)
@@ -191,3 +192,70 @@ def test_context_type(attributed):
     ctx, _ = attributed
     assert isinstance(ctx, ReplacementContext)
     assert ctx.patterns.shape[-1] == ctx.n_pos and ctx.ln1_scale.shape == (ctx.n_layers, ctx.n_pos)
+
+
+def test_logit_difference_target_is_the_difference_of_the_two_logit_rows():
+    ctx = _context("small", "transcoder", "relu", True)
+    good, bad = 5, 9
+    diff = attribute(ctx, logit_diff=(good, bad))
+    pair = attribute(ctx, logit_ids=[good, bad])
+    target = diff.nodes[-1]
+    assert (target.kind, target.index, target.contrast, target.prob) == ("logit", good, bad, 1.0)
+    expected = pair.adjacency[-2, :-2] - pair.adjacency[-1, :-2]  # the demeaning cancels
+    torch.testing.assert_close(diff.adjacency[-1, :-1], expected, **TOL)
+    with pytest.raises(AttributionError, match="not both"):
+        attribute(ctx, logit_ids=[1], logit_diff=(good, bad))
+
+
+def _feature_rows(nodes):
+    return [i for i, n in enumerate(nodes) if n.kind == "feature"]
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "cross_layer_transcoder"])
+def test_max_feature_nodes_ranks_by_estimated_influence(kind):
+    """Capped graphs keep exactly the full graph's rows for the features they keep; one batch
+    keeps the features of largest influence on the logits' rows (the estimate at that point,
+    computed here from the full matrix); passes are the logits' pass plus one per batch."""
+    ctx = _context("small", kind, "relu", True)
+    full = attribute(ctx)
+    n_feats = len(_feature_rows(full.nodes))
+    targets = n_feats + sum(n.kind == "logit" for n in full.nodes)
+    assert full.backward_passes == -(-targets // 64)  # the floor when nothing is capped
+    where = {n: i for i, n in enumerate(full.nodes)}
+    capped = attribute(ctx, batch_size=16, max_feature_nodes=40)
+    assert len(_feature_rows(capped.nodes)) == 40 < n_feats
+    idx = [where[n] for n in capped.nodes]
+    torch.testing.assert_close(capped.adjacency, full.adjacency[idx][:, idx], atol=1e-6, rtol=0)
+    assert capped.backward_passes == 1 + 3  # logits, then 16 + 16 + 8 features
+
+    one = attribute(ctx, batch_size=16, max_feature_nodes=16)
+    A, w = full.adjacency.numpy(), logit_weights(full.nodes)
+    logits = [i for i, n in enumerate(full.nodes) if n.kind == "logit"]
+    est = w[logits] @ normalized_abs(A[logits])
+    best = sorted(sorted(_feature_rows(full.nodes), key=lambda i: -est[i])[:16])
+    assert [n for n in one.nodes if n.kind == "feature"] == [full.nodes[i] for i in best]
+    assert one.backward_passes == 2
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "cross_layer_transcoder"])
+def test_interventions_match_the_graphs_prediction(kind):
+    """Scaling chosen nodes: with features frozen the measured change of every logit equals the
+    direct edges' prediction; with features live, a small scaling (no feature crosses its
+    threshold) equals the prediction carried through the feature edges."""
+    ctx = _context("small", kind, "relu", True)
+    att = attribute(ctx)
+    nodes, A = att.nodes, att.adjacency.numpy()
+    feats = _feature_rows(nodes)
+    errors = [i for i, n in enumerate(nodes) if n.kind == "error"]
+    tokens = [i for i, n in enumerate(nodes) if n.kind == "token"]
+    chosen = [feats[3], feats[len(feats) // 2], errors[2], tokens[1]]
+    for scale in (0.0, 2.0, 1.001):
+        checks = check_interventions(ctx, A, nodes, chosen, scale)
+        assert len(checks) == sum(n.kind == "logit" for n in nodes)
+        for c in checks:
+            assert c.actual_direct == pytest.approx(c.predicted_direct, abs=1e-4)
+    for c in check_interventions(ctx, A, nodes, chosen, 1.001):
+        assert c.actual == pytest.approx(c.predicted, abs=2e-5, rel=1e-2)
+        assert abs(c.predicted - c.predicted_direct) > 1e-6  # the feature edges do matter
+    with pytest.raises(AttributionError, match="logit"):
+        check_interventions(ctx, A, nodes, [len(nodes) - 1])

@@ -1,0 +1,153 @@
+"""The attribution-graph method end to end on a random model with random transcoders: the job
+spec, discover, the stored graph (re-pruning, queries, Neuronpedia layout) and validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from circuitd.discover import discover
+from circuitd.errors import CircuitdError
+from circuitd.spec import JobSpec
+from circuitd.transcoders import random_transcoders, save
+from graphs import from_node_link, to_node_link
+from graphs.attribution import from_networkx, graph_parts
+from graphs.attribution_queries import logit_nodes, paths_to_logit, reprune, top_features
+from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
+
+PROMPT = [1, 5, 9, 33, 2, 7]
+
+
+@pytest.fixture(scope="module")
+def tc_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tc")
+    save(random_transcoders(4, 256, 48, "transcoder", "jumprelu", True, seed=3), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def result(tc_dir):
+    spec = JobSpec(model="random:small@0", method="attribution-graph", prompt=PROMPT, transcoders=tc_dir)
+    return spec, discover(spec)
+
+
+def _stored(result):
+    """The full graph as the service stores it and reads it back."""
+    return from_node_link(json.loads(json.dumps(to_node_link(result.full_graph))))
+
+
+def test_spec_rules():
+    base = dict(model="random:small", method="attribution-graph")
+    with pytest.raises(ValidationError, match="prompt: attribution-graph takes a prompt or a task"):
+        JobSpec(**base)
+    with pytest.raises(ValidationError, match="prompt: attribution-graph takes a prompt or a task"):
+        JobSpec(**base, prompt="a b", task="ioi")
+    with pytest.raises(ValidationError, match="prompt: empty"):
+        JobSpec(**base, prompt=" ")
+    with pytest.raises(ValidationError, match="target_tokens and logit_diff"):
+        JobSpec(**base, prompt=[1, 2], target_tokens=[3], logit_diff=[1, 2])
+    with pytest.raises(ValidationError, match="node_threshold"):
+        JobSpec(**base, prompt=[1, 2], node_threshold=1.5)
+    with pytest.raises(ValidationError, match="max_feature_nodes: 100000 exceeds the limit"):
+        JobSpec(**base, prompt=[1, 2], max_feature_nodes=100_000)
+    with pytest.raises(ValidationError, match="prompt: only the attribution-graph method"):
+        JobSpec(model="random:small", task="random", prompt="x")
+    with pytest.raises(ValidationError, match="task: required"):
+        JobSpec(model="random:small")
+
+
+def test_metrics_and_graphs_agree(result):
+    spec, r = result
+    m = r.metrics
+    full = from_networkx(_stored(r))
+    scores = full.scores()
+    assert m["replacement_score"] == pytest.approx(scores["replacement_score"], rel=1e-12)
+    assert m["completeness_score"] == pytest.approx(scores["completeness_score"], rel=1e-12)
+    assert m["n_nodes"] == r.graph.number_of_nodes() and m["n_edges"] == r.graph.number_of_edges()
+    assert m["n_nodes_total"] == len(full.nodes) and m["n_features"] == m["n_active_features"]
+    n_targets = m["n_features"] + sum(n.kind == "logit" for n in full.nodes)
+    assert m["backward_passes"] == m["backward_passes_floor"] == -(-n_targets // spec.batch_size)
+    g = r.full_graph.graph
+    assert g["prompt_ids"] == PROMPT and g["method"] == "attribution-graph" and g["model"] == "random:small@0"
+    assert g["prompt"] == " ".join(str(i) for i in PROMPT)
+    top = max((n for n in full.nodes if n.kind == "logit"), key=lambda n: n.prob)
+    assert m["top_logit"]["token_id"] == top.index
+
+
+def test_reprune_from_storage_needs_no_recomputation(result, tc_dir):
+    spec, r = result
+    stored = _stored(r)
+    again = reprune(stored)
+    assert set(again.nodes) == set(r.graph.nodes) and set(again.edges) == set(r.graph.edges)
+    looser = reprune(stored, 0.9, 0.99)
+    assert looser.number_of_nodes() >= again.number_of_nodes()
+    spec2 = spec.model_copy(update={"node_threshold": 0.9, "edge_threshold": 0.99})
+    fresh = discover(spec2)
+    assert set(fresh.graph.nodes) == set(looser.nodes) and set(fresh.graph.edges) == set(looser.edges)
+
+
+def test_queries(result):
+    _, r = result
+    stored = _stored(r)
+    feats = top_features(stored, 5)
+    infl = [d["influence"] for _, d in stored.nodes(data=True) if d["kind"] == "feature"]
+    infl.sort(reverse=True)
+    assert [f["influence"] for f in feats] == infl[:5]
+    pruned = reprune(stored)
+    logit = max(logit_nodes(pruned), key=lambda k: pruned.nodes[k]["prob"])
+    out = paths_to_logit(pruned, logit, limit=50)
+    shares = [p["share"] for p in out["paths"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    for p in out["paths"]:
+        assert p["nodes"][-1] == logit and pruned.in_degree(p["nodes"][0]) == 0
+        assert all(pruned.has_edge(a, b) for a, b in zip(p["nodes"], p["nodes"][1:], strict=False))
+    # every path, not just the best 50: shares of all paths sum to 1
+    everything = paths_to_logit(pruned, logit, limit=10**6)
+    if not everything["truncated"]:
+        assert sum(p["share"] for p in everything["paths"]) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(KeyError):
+        paths_to_logit(pruned, feats[0]["id"])
+
+
+def test_neuronpedia_from_storage(result):
+    _, r = result
+    stored = _stored(r)
+    g = stored.graph
+    doc = to_neuronpedia(stored, "s", g["prompt"], g["prompt_tokens"])
+    assert validate_neuronpedia(doc) == []
+    assert {n["node_id"] for n in doc["nodes"]} == set(r.graph.nodes)
+
+
+def test_validation_in_the_job(result, tc_dir):
+    spec, r = result
+    feats = top_features(_stored(r), 2)
+    chosen = [f["id"] for f in feats]
+    out = discover(spec.model_copy(update={"validate_nodes": chosen, "validate_scale": 1.001}))
+    v = out.metrics["validation"]
+    assert v["nodes"] == chosen and v["scale"] == 1.001
+    assert len(v["targets"]) == sum(1 for _, d in r.full_graph.nodes(data=True) if d["kind"] == "logit")
+    for t in v["targets"]:
+        assert t["actual_direct"] == pytest.approx(t["predicted_direct"], abs=1e-4)
+        assert t["actual"] == pytest.approx(t["predicted"], abs=2e-5, rel=1e-2)
+    with pytest.raises(CircuitdError, match=r"validate_nodes\[0\]: no node 'nope'"):
+        discover(spec.model_copy(update={"validate_nodes": ["nope"]}))
+
+
+def test_graph_parts_of_a_pruned_graph(result):
+    _, r = result
+    nodes, a = graph_parts(r.graph)
+    assert len(nodes) == r.graph.number_of_nodes() and np.count_nonzero(a) == r.graph.number_of_edges()
+    with pytest.raises(ValueError, match="pruned part"):
+        from_networkx(r.graph)
+
+
+def test_max_feature_nodes_in_the_spec(result, tc_dir):
+    spec, r = result
+    capped = discover(spec.model_copy(update={"max_feature_nodes": 20, "batch_size": 8}))
+    m = capped.metrics
+    assert m["n_features"] == 20 < m["n_active_features"] == r.metrics["n_active_features"]
+    n_logits = sum(1 for _, d in capped.full_graph.nodes(data=True) if d["kind"] == "logit")
+    assert m["backward_passes"] == -(-n_logits // 8) + -(-20 // 8)
