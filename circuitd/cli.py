@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="positions per step (2048)")
     p.add_argument("--lr", type=float)
     p.add_argument("--n-sequences", dest="n_sequences", type=int, help="training sequences (12000)")
+    p.add_argument("--n-heldout", dest="n_heldout", type=int, help="held-out sequences for the card (1500)")
+    p.add_argument("--no-skip", dest="skip", action="store_const", const=False, help="no skip connection")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--device", default="cpu")
