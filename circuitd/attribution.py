@@ -364,6 +364,7 @@ def build_nodes(
         nodes.append(Node("token", pos=pos, index=int(t), token=text))
     last = ctx.logits[-1]
     probs = last.double().softmax(-1)
+
     def text(i: int) -> str | None:
         return tok.decode([i]) if tok is not None else None
 

@@ -52,7 +52,7 @@ class TrainSettings:
     k: int = 16
     l1: float = 3e-4
     skip: bool = True
-    steps: int = 3000
+    steps: int = 1500
     batch: int = 2048
     lr: float = 2e-3
     n_sequences: int = 12000
