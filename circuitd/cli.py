@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-heldout", dest="n_heldout", type=int, help="held-out sequences for the card (1500)")
     p.add_argument("--no-skip", dest="skip", action="store_const", const=False, help="no skip connection")
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the shipped set's, reproducible)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 reproduces the shipped set)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_transcoders_train)
 
