@@ -112,13 +112,16 @@ def test_every_column_equals_an_intervention(attributed):
 
 
 def test_doubling_feature_activations(attributed):
-    """Doubling a few features' recorded activations (every activation held fixed, so the model
-    is linear) moves every target pre-activation and demeaned logit by their columns."""
+    """Doubling 50 random active features' recorded activations (every activation held fixed, so
+    the model is linear), one at a time and all together, moves every target pre-activation and
+    demeaned logit by their columns."""
     ctx, att = attributed
     nodes = att.nodes
     base = target_readouts(ctx, nodes, ctx.forward("frozen"))
     feats = [i for i, n in enumerate(nodes) if n.kind == "feature"]
-    picks = feats[:: max(1, len(feats) // 5)][:5]
+    assert len(feats) >= 50
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0))[:50]
+    picks = [feats[j] for j in order.tolist()]
     targets = _targets(nodes)
     for i in picks:
         n = nodes[i]

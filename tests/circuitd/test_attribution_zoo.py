@@ -46,7 +46,7 @@ def test_shipped_set_is_small_and_complete(shipped):
     assert (path / "CARD.md").is_file()
 
 
-def test_card_figures_recomputed_from_the_shipped_files(shipped):
+def test_card_figures_recomputed_from_the_shipped_files(shipped, capsys):
     """Variance explained >= 0.8 per layer at mean L0 <= 64, replacement top-1 agreement >= 0.8,
     recomputed on the card's held-out draw and equal to the card's figures."""
     adapter, tset, card, _ = shipped
@@ -55,7 +55,7 @@ def test_card_figures_recomputed_from_the_shipped_files(shipped):
     x, y = collect(adapter, held)
     figures = layer_figures(tset, x, y)
     agree = agreement(adapter, tset, held)
-    with pytest.MonkeyPatch.context():
+    with capsys.disabled():  # the figures belong in the test log
         print(f"\nzoo:synth transcoders: {x.shape[1]} held-out positions")
         for i, f in enumerate(figures):
             print(f"  layer {i}: variance explained {f['fve']:.4f}, mean L0 {f['mean_l0']:.2f}, "
@@ -69,14 +69,15 @@ def test_card_figures_recomputed_from_the_shipped_files(shipped):
     assert agree == pytest.approx(card["replacement_top1_agreement"], abs=2e-3)
 
 
-def test_ioi_graph_top_logit_neuronpedia_and_validation(tmp_path):
+def test_ioi_graph_top_logit_neuronpedia_and_validation(tmp_path, capsys):
     out = tmp_path / "ioi.json"
     run = _cli("discover", "--model", "zoo:synth", "--method", "attribution-graph", "--prompt", IOI,
                "--out", str(out))
-    print("\n" + run.stdout.strip().splitlines()[-1])
     graph = read_json(out)
     m = graph.graph["metrics"]
-    print(f"replacement score {m['replacement_score']:.4f}, completeness {m['completeness_score']:.4f}")
+    with capsys.disabled():
+        print("\n" + run.stdout.strip().splitlines()[-1])
+        print(f"replacement score {m['replacement_score']:.4f}, completeness {m['completeness_score']:.4f}")
     logits = [d for _, d in graph.nodes(data=True) if d["kind"] == "logit"]
     assert max(logits, key=lambda d: d["prob"])["token"].strip() == "Mary"
     assert m["top_logit"]["token"].strip() == "Mary"
@@ -99,5 +100,6 @@ def test_ioi_graph_top_logit_neuronpedia_and_validation(tmp_path):
                    key=lambda k: -graph.nodes[k]["influence"])[:2]
     check = _cli("validate-graph", "--graph", str(out), "--node", feats[0], "--node", feats[1],
                  "--scale", "0")
-    print(check.stdout)
+    with capsys.disabled():
+        print(check.stdout)
     assert "Mary" in check.stdout and "max |predicted - actual|" in check.stdout
