@@ -125,22 +125,27 @@ def _attribution_fields(args: argparse.Namespace) -> dict:
     )
 
 
-def _write_attribution(result, args: argparse.Namespace) -> None:
+def _write_neuronpedia(full, out: str, node_threshold: float, edge_threshold: float) -> dict:
+    """A full attribution graph, pruned at the thresholds, written in the Neuronpedia layout."""
+    import json
     from pathlib import Path
 
+    from graphs.neuronpedia import to_neuronpedia
+
+    g = full.graph
+    doc = to_neuronpedia(
+        full, slug=Path(out).stem, prompt=g.get("prompt", ""), prompt_tokens=g.get("prompt_tokens", []),
+        node_threshold=node_threshold, edge_threshold=edge_threshold, scan=str(g.get("model", "")),
+    )
+    Path(out).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def _write_attribution(result, args: argparse.Namespace) -> None:
     from graphs import write_json
 
     if args.format == "neuronpedia":
-        import json
-
-        from graphs.neuronpedia import to_neuronpedia
-
-        g = result.full_graph.graph
-        doc = to_neuronpedia(
-            result.full_graph, slug=Path(args.out).stem, prompt=g["prompt"], prompt_tokens=g["prompt_tokens"],
-            node_threshold=args.node_threshold, edge_threshold=args.edge_threshold, scan=g["model"],
-        )
-        Path(args.out).write_text(json.dumps(doc, indent=1))
+        _write_neuronpedia(result.full_graph, args.out, args.node_threshold, args.edge_threshold)
     else:
         write_json(result.full_graph if args.all_edges else result.graph, args.out)
     m = result.metrics
@@ -285,6 +290,26 @@ def cmd_validate_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reprune(args: argparse.Namespace) -> int:
+    from graphs import read_json, write_json
+    from graphs.attribution_queries import reprune
+
+    try:
+        full = read_json(args.graph)
+        if args.format == "neuronpedia":
+            doc = _write_neuronpedia(full, args.out, args.node_threshold, args.edge_threshold)
+            n_nodes, n_edges = len(doc["nodes"]), len(doc["links"])
+        else:
+            pruned = reprune(full, args.node_threshold, args.edge_threshold)
+            write_json(pruned, args.out)
+            n_nodes, n_edges = pruned.number_of_nodes(), pruned.number_of_edges()
+    except (OSError, ValueError, KeyError) as exc:
+        raise CircuitdError(f"--graph: {args.graph}: {exc}") from exc
+    print(f"pruned at node {args.node_threshold}, edge {args.edge_threshold}: {n_nodes} nodes, "
+          f"{n_edges} edges -> {args.out}")
+    return 0
+
+
 def _add_task_args(p: argparse.ArgumentParser, task_required: bool = True) -> None:
     p.add_argument("--model", required=True, help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
     p.add_argument("--task", required=task_required,
@@ -354,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcoders", help="override the transcoders recorded in the graph")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_validate_graph)
+
+    p = sub.add_parser("reprune", help="prune a stored attribution graph again, with other thresholds")
+    p.add_argument("graph", help="a full graph: discover --method attribution-graph --all-edges")
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--format", choices=["json", "neuronpedia"], default="json")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_reprune)
 
     p = sub.add_parser("summary", help="print the summary of a circuit file")
     p.add_argument("file")

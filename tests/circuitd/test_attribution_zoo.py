@@ -103,3 +103,17 @@ def test_ioi_graph_top_logit_neuronpedia_and_validation(tmp_path, capsys):
     with capsys.disabled():
         print(check.stdout)
     assert "Mary" in check.stdout and "max |predicted - actual|" in check.stdout
+
+
+def test_reprune_cli_equals_a_fresh_graph_at_those_thresholds(tmp_path):
+    base = ["discover", "--model", "zoo:synth", "--method", "attribution-graph", "--task", "ioi"]
+    full, fresh, again = tmp_path / "full.json", tmp_path / "fresh.json", tmp_path / "again.json"
+    _cli(*base, "--all-edges", "--out", str(full))
+    _cli(*base, "--node-threshold", "0.6", "--edge-threshold", "0.9", "--out", str(fresh))
+    run = _cli("reprune", str(full), "--node-threshold", "0.6", "--edge-threshold", "0.9", "--out", str(again))
+    a, b = read_json(fresh), read_json(again)
+    assert set(a.nodes) == set(b.nodes) and set(a.edges) == set(b.edges)
+    assert f"{b.number_of_nodes()} nodes, {b.number_of_edges()} edges" in run.stdout
+    bad = subprocess.run([*CLI, "reprune", str(fresh), "--out", str(tmp_path / "x.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "holds only its pruned part" in bad.stderr
