@@ -110,7 +110,8 @@ def test_reprune_cli_equals_a_fresh_graph_at_those_thresholds(tmp_path):
     full, fresh, again = tmp_path / "full.json", tmp_path / "fresh.json", tmp_path / "again.json"
     _cli(*base, "--all-edges", "--out", str(full))
     _cli(*base, "--node-threshold", "0.6", "--edge-threshold", "0.9", "--out", str(fresh))
-    run = _cli("reprune", str(full), "--node-threshold", "0.6", "--edge-threshold", "0.9", "--out", str(again))
+    run = _cli("reprune", str(full), "--node-threshold", "0.6", "--edge-threshold", "0.9",
+               "--out", str(again))
     a, b = read_json(fresh), read_json(again)
     assert set(a.nodes) == set(b.nodes) and set(a.edges) == set(b.edges)
     assert f"{b.number_of_nodes()} nodes, {b.number_of_edges()} edges" in run.stdout
