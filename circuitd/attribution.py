@@ -465,10 +465,9 @@ class _Sources:
             self.tok_vec = ctx.embed[self.tok_p]  # [T, D]
             self.err_cols, self.tok_cols = longs(err_idx), longs(tok_idx)
 
-    def fill_rows(
-        self, ctx: ReplacementContext, nodes: Sequence[Node], rows: Sequence[int], A: Tensor
-    ) -> None:
-        """``A[rows]`` from one backward pass with one target per batch row."""
+    def rows(self, ctx: ReplacementContext, nodes: Sequence[Node], rows: Sequence[int]) -> Tensor:
+        """The adjacency rows ``[len(rows), n]`` (float64) of the targets ``rows``, from one
+        backward pass with one target per batch row."""
         L, P, D = ctx.mlp_in.shape
         B, dev, dtype = len(rows), ctx.mlp_in.device, ctx.mlp_in.dtype
         embed_delta = torch.zeros(B, P, D, device=dev, dtype=dtype, requires_grad=True)
@@ -477,25 +476,26 @@ class _Sources:
             run = ctx.forward("frozen", embed_delta, out_delta)
             read = _readouts(ctx, run, [nodes[i] for i in rows])
             g_embed, g_out = torch.autograd.grad(read.sum(), (embed_delta, out_delta))
+        out = torch.zeros(B, len(nodes), dtype=torch.float64, device=dev)
         with torch.no_grad():
-            r = torch.tensor(list(rows), dtype=torch.long, device=dev)[:, None]
             for layer, pos, cols, vec in self.groups:  # vec [F, J, D]: one product per (layer, pos)
                 g = g_out[:, layer : layer + vec.shape[1], pos].reshape(B, -1)  # [B, J*D]
-                A[r, cols] = (g @ vec.reshape(vec.shape[0], -1).T).double()
+                out[:, cols] = (g @ vec.reshape(vec.shape[0], -1).T).double()
             if self.err_cols.numel():
-                A[r, self.err_cols] = (g_out[:, self.err_l, self.err_p] * self.err_vec).sum(-1).double()
+                out[:, self.err_cols] = (g_out[:, self.err_l, self.err_p] * self.err_vec).sum(-1).double()
             if self.tok_cols.numel():
-                A[r, self.tok_cols] = (g_embed[:, self.tok_p] * self.tok_vec).sum(-1).double()
+                out[:, self.tok_cols] = (g_embed[:, self.tok_p] * self.tok_vec).sum(-1).double()
+        return out
 
 
-def _estimated_influence(A: np.ndarray, done: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Influence of every node computed from the rows known so far (``done``): exact on the graph
-    whose only targets are those rows. Solved on the known rows alone (at most
-    ``max_feature_nodes`` plus the logits), then carried one step back to every source."""
-    rows = np.flatnonzero(done)
-    a_hat = normalized_abs(A[rows])  # [R, n]: each known row normalised over all its sources
-    inner = influence_of_normalized(a_hat[:, rows], w[rows])
-    return (inner + w[rows]) @ a_hat
+def _estimated_influence(rows: np.ndarray, targets: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Influence of every node computed from the rows known so far: ``rows [R, n]`` are the
+    adjacency rows of the nodes ``targets [R]``. Exact on the graph whose only targets are those
+    nodes: solved on them alone (at most ``max_feature_nodes`` plus the logits), then carried one
+    step back to every source."""
+    a_hat = normalized_abs(rows)  # each known row normalised over all its sources
+    inner = influence_of_normalized(a_hat[:, targets], w[targets])
+    return (inner + w[targets]) @ a_hat
 
 
 def attribute(
@@ -512,52 +512,63 @@ def attribute(
     and at every MLP output is dotted with each source's vector. With more active features than
     ``max_feature_nodes``, the logits' rows come first; then, batch by batch, the features of
     largest influence estimated from the rows known so far get theirs, until ``max_feature_nodes``
-    are in. The graph keeps those features only (the others' edges are credited to no node).
+    are in. The graph keeps those features only (the others' edges are credited to no node), and
+    only the rows computed are ever held (memory ``(logits + max_feature_nodes) × nodes``).
     """
     nodes = list(nodes) if nodes is not None else build_nodes(ctx, **logit_kw)
     if batch_size < 1:
         raise AttributionError(f"batch_size: must be >= 1, got {batch_size}")
     n = len(nodes)
     sources = _Sources(ctx, nodes)
-    A = torch.zeros(n, n, dtype=torch.float64, device=ctx.mlp_in.device)
     feats = [i for i, x in enumerate(nodes) if x.kind == "feature"]
     logits = [i for i, x in enumerate(nodes) if x.kind == "logit"]
+    capped = max_feature_nodes is not None and len(feats) > max_feature_nodes
+    budget = max(0, max_feature_nodes or 0) if capped else len(feats)
+    targets: list[int] = []  # node index of each computed row, in the order computed
+    held = torch.zeros(len(logits) + budget, n, dtype=torch.float64, device=ctx.mlp_in.device)
     passes = 0
 
     def fill(rows: Sequence[int], done: float) -> None:
         nonlocal passes
-        sources.fill_rows(ctx, nodes, rows, A)
+        held[len(targets) : len(targets) + len(rows)] = sources.rows(ctx, nodes, rows)
+        targets.extend(rows)
         passes += 1
         if progress is not None:
             progress(done, "attributing")
 
-    if max_feature_nodes is None or len(feats) <= max_feature_nodes:
-        targets = feats + logits
-        for start in range(0, len(targets), batch_size):
-            fill(targets[start : start + batch_size], min(1.0, (start + batch_size) / len(targets)))
-        return Attribution(ctx, nodes, A, passes)
+    if not capped:
+        order = feats + logits
+        for start in range(0, len(order), batch_size):
+            fill(order[start : start + batch_size], min(1.0, (start + batch_size) / len(order)))
+    else:
+        for start in range(0, len(logits), batch_size):
+            fill(logits[start : start + batch_size], 0.0)
+        done = np.zeros(n, dtype=bool)
+        done[logits] = True
+        is_feature = kind_mask(nodes, "feature")
+        w = logit_weights(nodes)
+        while len(targets) < len(logits) + budget:
+            known = held[: len(targets)].cpu().numpy()
+            est = _estimated_influence(known, np.array(targets), w)
+            est[~is_feature | done] = -1.0
+            pick = np.argsort(-est, kind="stable")[: min(batch_size, len(logits) + budget - len(targets))]
+            pick = pick[est[pick] > 0]
+            if pick.size == 0:  # no feature left with a path to a logit
+                break
+            done[pick] = True
+            fill(sorted(pick.tolist()), (len(targets) - len(logits) + pick.size) / budget)
+    keep = sorted(t for t in targets if nodes[t].kind == "feature")
+    keep += [i for i, x in enumerate(nodes) if x.kind != "feature"]
+    row_of = {t: r for r, t in enumerate(targets)}
+    has_row = [j for j, i in enumerate(keep) if i in row_of]  # features and logits
+    dev = held.device
 
-    budget = max(0, max_feature_nodes)
-    for start in range(0, len(logits), batch_size):
-        fill(logits[start : start + batch_size], 0.0)
-    done = np.zeros(n, dtype=bool)
-    done[logits] = True
-    is_feature = kind_mask(nodes, "feature")
-    w = logit_weights(nodes)
-    kept = 0
-    while kept < budget:
-        est = _estimated_influence(A.cpu().numpy(), done, w)
-        est[~is_feature | done] = -1.0
-        order = np.argsort(-est, kind="stable")[: min(batch_size, budget - kept)]
-        order = order[est[order] > 0]
-        if order.size == 0:  # no feature left with a path to a logit
-            break
-        done[order] = True
-        kept += int(order.size)
-        fill(sorted(order.tolist()), kept / budget)
-    keep = np.flatnonzero(done & is_feature).tolist() + np.flatnonzero(~is_feature).tolist()
-    idx = torch.tensor(keep, dtype=torch.long, device=A.device)
-    return Attribution(ctx, [nodes[i] for i in keep], A[idx][:, idx], passes)
+    def longs(values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.long, device=dev)
+
+    A = torch.zeros(len(keep), len(keep), dtype=torch.float64, device=dev)
+    A[longs(has_row)] = held[longs([row_of[keep[j]] for j in has_row])][:, longs(keep)]
+    return Attribution(ctx, [nodes[i] for i in keep], A, passes)
 
 
 def target_readouts(ctx: ReplacementContext, nodes: Sequence[Node], run: FrozenRun) -> Tensor:
@@ -643,6 +654,8 @@ def check_interventions(
     nodes are scaled; ``adjacency`` may be a pruned graph's (its missing edges are zeros)."""
     if not chosen:
         raise AttributionError("validate: choose at least one node")
+    if len(set(chosen)) != len(chosen):
+        raise AttributionError("validate: a node is chosen twice")
     if any(nodes[i].kind == "logit" for i in chosen):
         raise AttributionError(
             "validate: logit nodes have no output to scale; choose features, errors or tokens"

@@ -209,6 +209,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         circuit = read_json(args.circuit)
     except (OSError, ValueError, KeyError) as exc:
         raise CircuitdError(f"--circuit: cannot read {args.circuit}: {exc}") from exc
+    if circuit.graph.get("kind") == "attribution":
+        raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
     split = not args.no_split_qkv and not any("<" not in d["name"] and "->a" in d["name"] for *_, d in links)
     spec = _spec_from_args(args)
@@ -272,6 +274,8 @@ def cmd_validate_graph(args: argparse.Namespace) -> int:
     for name in args.node:
         if name not in names:
             raise CircuitdError(f"--node: '{name}' is not a node of {args.graph}")
+        if names.index(name) in chosen:
+            raise CircuitdError(f"--node: '{name}' is given twice")
         chosen.append(names.index(name))
     model = load_model(model_id, args.device)
     source = args.transcoders if args.transcoders is not None else meta.get("transcoders")

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     max_ig_steps: int = 64
     eval_max_elements: int = 2**27  # activations per patched pass when evaluating circuits
     max_feature_nodes: int = 4096  # attribution graphs: features kept (by influence) past this
+    max_logit_targets: int = 64  # attribution graphs: the most target logits of one graph
 
     # The service (API, workers, store). DATABASE_URL and BROKER_URL are read with or without the prefix.
     database_url: str | None = Field(

@@ -18,6 +18,26 @@ from circuitd.tasks import GENERATORS
 from circuitd.tasks.base import METRICS, TaskData
 
 DEFAULT_TOP_FRACTION = 0.05
+# Fields one family of methods reads and the other does not: setting one for the wrong method
+# is an error rather than a silent no-op.
+ATTRIBUTION_FIELDS = (
+    "prompt", "transcoders", "node_threshold", "edge_threshold", "max_feature_nodes", "desired_logit_prob",
+    "max_n_logits", "target_tokens", "logit_diff", "validate_nodes", "validate_scale",
+)
+EDGE_FIELDS = (
+    "n_prompts", "metric", "top_n", "threshold", "ig_steps", "tau", "abs_diff", "acdc_metric",
+    "prefilter_top_n", "prefilter_threshold", "prefilter_method", "ablation", "split_qkv", "curve",
+)
+
+
+def _duplicate(values: list) -> int | None:
+    """The index of the first value that repeats an earlier one."""
+    seen: list = []
+    for i, v in enumerate(values):
+        if v in seen:
+            return i
+        seen.append(v)
+    return None
 
 
 class JobSpec(BaseModel):
@@ -64,7 +84,9 @@ class JobSpec(BaseModel):
     validate_nodes: list[str] | None = Field(
         default=None, min_length=1, description="attribution-graph: node ids to scale after attributing"
     )
-    validate_scale: float = Field(default=0.0, description="the scale for validate_nodes (0 ablates)")
+    validate_scale: float = Field(
+        default=0.0, allow_inf_nan=False, description="the scale for validate_nodes (0 ablates)"
+    )
 
     @field_validator("model")
     @classmethod
@@ -104,7 +126,20 @@ class JobSpec(BaseModel):
             raise ValueError("top_n and threshold: give at most one")
         if self.prefilter_top_n is not None and self.prefilter_threshold is not None:
             raise ValueError("prefilter_top_n and prefilter_threshold: give at most one")
+        for name in EDGE_FIELDS if self.method == "attribution-graph" else ATTRIBUTION_FIELDS:
+            if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True):
+                kind = "attribution-graph" if name in ATTRIBUTION_FIELDS else "the edge methods"
+                raise ValueError(f"{name}: only for {kind}, not {self.method}")
         if self.method == "attribution-graph":
+            cap = s.max_logit_targets
+            if self.max_n_logits > cap:
+                raise ValueError(f"max_n_logits: {self.max_n_logits} exceeds the limit of {cap}")
+            if self.target_tokens is not None and len(self.target_tokens) > cap:
+                raise ValueError(f"target_tokens: {len(self.target_tokens)} tokens exceed the limit of {cap}")
+            for name in ("target_tokens", "validate_nodes", "logit_diff"):
+                j = _duplicate(getattr(self, name) or [])
+                if j is not None:
+                    raise ValueError(f"{name}[{j}]: repeats an earlier entry")
             if (self.task is None) == (self.prompt is None):
                 raise ValueError("prompt: attribution-graph takes a prompt or a task (its first prompt)")
             if (isinstance(self.prompt, str) and not self.prompt.strip()) or self.prompt == []:
@@ -117,8 +152,6 @@ class JobSpec(BaseModel):
                 )
         elif self.task is None:
             raise ValueError("task: required (a generator name or an inline task)")
-        elif self.prompt is not None:
-            raise ValueError(f"prompt: only the attribution-graph method takes a prompt, not {self.method}")
         n = self.n_prompts or (len(self.task.clean) if isinstance(self.task, TaskData) else 0)
         if n > s.max_prompts:
             raise ValueError(f"n_prompts: {n} prompts exceed the limit of {s.max_prompts}")

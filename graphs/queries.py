@@ -1,7 +1,9 @@
 """Questions asked of a stored circuit graph: pure networkx, so the API answers them without torch.
 
 Every function takes the edge graph as built by ``build_edge_circuit`` (a MultiDiGraph whose
-edges carry ``name``, ``score`` and ``in_circuit``) and returns plain JSON-able values.
+edges carry ``name``, ``score`` and ``in_circuit``) and returns plain JSON-able values. The
+edge-level ones (top edges, neighbourhoods, subgraphs, comparisons, GraphML) also take an
+attribution graph (a DiGraph; its edges have no key and no name).
 """
 
 from __future__ import annotations
@@ -19,20 +21,37 @@ def edge_record(u: str, v: str, key: Any, data: dict[str, Any]) -> dict[str, Any
     return {"source": u, "target": v, "key": key, **data}
 
 
-def _edges(graph: nx.MultiDiGraph) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
-    yield from graph.edges(keys=True, data=True)
+def _edges(graph: nx.DiGraph) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
+    """``(u, v, key, data)`` of every edge; the key is None in a graph that is not a multigraph."""
+    if graph.is_multigraph():
+        yield from graph.edges(keys=True, data=True)
+    else:
+        for u, v, d in graph.edges(data=True):
+            yield u, v, None, d
+
+
+def _add_edge(out: nx.DiGraph, u: str, v: str, key: Any, data: dict[str, Any]) -> None:
+    if out.is_multigraph():
+        out.add_edge(u, v, key=key, **data)
+    else:
+        out.add_edge(u, v, **data)
+
+
+def _edges_where(graph: nx.DiGraph, keep: Any) -> nx.DiGraph:
+    """The edges for which ``keep(data)`` holds and the nodes they touch, in a graph of the same kind."""
+    out = graph.__class__(**graph.graph)
+    for u, v, k, d in _edges(graph):
+        if keep(d):
+            for n in (u, v):
+                if n not in out:
+                    out.add_node(n, **graph.nodes[n])
+            _add_edge(out, u, v, k, d)
+    return out
 
 
 def circuit_only(graph: nx.MultiDiGraph) -> nx.MultiDiGraph:
     """The circuit: edges marked ``in_circuit`` (all edges when unmarked) and the nodes they touch."""
-    out = nx.MultiDiGraph(**graph.graph)
-    for u, v, k, d in _edges(graph):
-        if d.get("in_circuit", True):
-            for n in (u, v):
-                if n not in out:
-                    out.add_node(n, **graph.nodes[n])
-            out.add_edge(u, v, key=k, **d)
-    return out
+    return _edges_where(graph, lambda d: d.get("in_circuit", True))
 
 
 def top_edges(graph: nx.MultiDiGraph, n: int = 20) -> list[dict[str, Any]]:
@@ -49,8 +68,8 @@ def neighbourhood(graph: nx.MultiDiGraph, node: str) -> dict[str, Any]:
     def by_score(edges: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(edges, key=lambda e: -abs(e.get("score", 0.0) or 0.0))
 
-    incoming = [edge_record(u, v, k, d) for u, v, k, d in graph.in_edges(node, keys=True, data=True)]
-    outgoing = [edge_record(u, v, k, d) for u, v, k, d in graph.out_edges(node, keys=True, data=True)]
+    incoming = [edge_record(u, v, k, d) for u, v, k, d in _edges(graph) if v == node]
+    outgoing = [edge_record(u, v, k, d) for u, v, k, d in _edges(graph) if u == node]
     return {
         "node": {"id": node, **graph.nodes[node]},
         "in": by_score(incoming),
@@ -61,7 +80,9 @@ def neighbourhood(graph: nx.MultiDiGraph, node: str) -> dict[str, Any]:
 
 
 def _hop_strength(graph: nx.MultiDiGraph, u: str, v: str) -> float:
-    return max(abs(d.get("score", 0.0) or 0.0) for d in graph.get_edge_data(u, v).values())
+    data = graph.get_edge_data(u, v)
+    parallel = data.values() if graph.is_multigraph() else [data]
+    return max(abs(d.get("score", 0.0) or 0.0) for d in parallel)
 
 
 def paths_through(
@@ -104,14 +125,7 @@ def paths_through(
 
 def subgraph_above(graph: nx.MultiDiGraph, min_abs_score: float) -> nx.MultiDiGraph:
     """The edges with |score| >= ``min_abs_score`` and the nodes they touch."""
-    out = nx.MultiDiGraph(**graph.graph)
-    for u, v, k, d in _edges(graph):
-        if abs(d.get("score", 0.0) or 0.0) >= min_abs_score:
-            for n in (u, v):
-                if n not in out:
-                    out.add_node(n, **graph.nodes[n])
-            out.add_edge(u, v, key=k, **d)
-    return out
+    return _edges_where(graph, lambda d: abs(d.get("score", 0.0) or 0.0) >= min_abs_score)
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:
@@ -144,10 +158,11 @@ def _graphml_value(value: Any) -> Any:
 
 def to_graphml(graph: nx.MultiDiGraph) -> str:
     """The graph as GraphML text, for tools such as Gephi, Cytoscape or yEd."""
-    out = nx.MultiDiGraph()
+    out = graph.__class__()
     out.graph.update({k: _graphml_value(v) for k, v in graph.graph.items() if v is not None})
     for n, d in graph.nodes(data=True):
         out.add_node(n, **{k: _graphml_value(v) for k, v in d.items() if v is not None})
     for u, v, k, d in _edges(graph):
-        out.add_edge(u, v, key=str(k), **{a: _graphml_value(x) for a, x in d.items() if x is not None})
+        _add_edge(out, u, v, None if k is None else str(k),
+                  {a: _graphml_value(x) for a, x in d.items() if x is not None})
     return "\n".join(nx.generate_graphml(out))

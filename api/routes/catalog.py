@@ -45,7 +45,7 @@ def tasks() -> dict[str, Any]:
     return {
         "generators": list(GENERATORS),
         "metrics": list(METRICS),
-        "methods": ["eap", "eap-ig", "acdc"],
+        "methods": ["eap", "eap-ig", "acdc", "attribution-graph"],
         "ablations": ["resample", "zero", "mean"],
         "inline_task": {
             "required": ["clean", "corrupted", "correct", "incorrect"],

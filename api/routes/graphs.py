@@ -54,6 +54,9 @@ def _json(body: Any) -> Response:
 
 
 def _render(graph: nx.MultiDiGraph, fmt: str, job_id: str, suffix: str = "") -> Response:
+    if fmt == "neuronpedia":
+        detail = "format: neuronpedia is the layout of a whole attribution graph, at GET /graph only"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
     if fmt == "graphml":
         return Response(
             queries.to_graphml(graph), media_type="application/graphml+xml",
@@ -76,6 +79,9 @@ def get_graph(
     raw, full = graphs.get(st, job)
     attribution = aq.is_attribution(full)
     thresholds = node_threshold is not None or edge_threshold is not None
+    if thresholds and all_edges:
+        detail = "node_threshold, edge_threshold: they prune the graph; all_edges=true asks for all of it"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
     if not attribution and (format == "neuronpedia" or thresholds):
         detail = "format=neuronpedia and node/edge thresholds are for attribution graphs, not edge circuits"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
@@ -121,7 +127,11 @@ def paths(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     all_edges: AllEdges = False,
 ) -> Response:
-    """Paths from ``input`` to ``logits`` through a node."""
+    """Paths from ``input`` to ``logits`` through a node (edge circuits; attribution graphs have
+    ``/logit-paths``)."""
+    if aq.is_attribution(graphs.get(st, job)[1]):
+        detail = f"job {job.id} holds an attribution graph: ask /graph/logit-paths for its paths"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail)
     try:
         return _json(queries.paths_through(_graph(st, job, all_edges), through, limit=limit))
     except KeyError as exc:
@@ -168,7 +178,8 @@ def logit_paths(
     node_threshold: Threshold = None,
     edge_threshold: Threshold = None,
 ) -> Response:
-    """Attribution graphs: the strongest paths (by weakest edge score) into a logit of the pruned graph."""
+    """Attribution graphs: the paths into a logit of the pruned graph that carry the largest share
+    of its credit (products of normalised edge weights)."""
     pruned = aq.reprune(_attribution(st, job), node_threshold, edge_threshold)
     if logit is None:
         logit = max(aq.logit_nodes(pruned), key=lambda k: pruned.nodes[k].get("prob") or 0.0)
@@ -182,8 +193,8 @@ def logit_paths(
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    nodes: list[str] = Field(min_length=1, description="node ids of the graph to scale")
-    scale: float = Field(default=0.0, description="multiply their outputs by this (0 ablates)")
+    nodes: list[str] = Field(min_length=1, description="node ids of the graph to scale, each once")
+    scale: float = Field(default=0.0, allow_inf_nan=False, description="their outputs' factor (0: ablate)")
 
 
 @router.post("/validate", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
@@ -199,6 +210,9 @@ def validate(
     nodes under frozen attention; its ``metrics.validation`` holds predicted against actual
     changes of every target logit."""
     full = _attribution(st, job)
+    twice = [n for i, n in enumerate(body.nodes) if n in body.nodes[:i]]
+    if twice:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"nodes: '{twice[0]}' is given twice")
     missing = [n for n in body.nodes if n not in full]
     if missing:
         detail = f"nodes: '{missing[0]}' is not in the graph"

@@ -96,16 +96,15 @@ def prompt_of(spec: JobSpec, model: ModelAdapter) -> list[int]:
 def target_kwargs(spec: JobSpec, model: ModelAdapter) -> dict[str, Any]:
     """The logit targets of ``spec`` as keyword arguments of :func:`circuitd.attribution.attribute`."""
     tok, d_vocab = model.tokenizer, model.shape.d_vocab
-    if spec.target_tokens is not None:
-        ids = [
-            answer_ids(t, f"target_tokens[{i}]", tok, d_vocab)[0] for i, t in enumerate(spec.target_tokens)
-        ]
-        return {"logit_ids": ids}
-    if spec.logit_diff is not None:
-        good, bad = (
-            answer_ids(t, f"logit_diff[{i}]", tok, d_vocab)[0] for i, t in enumerate(spec.logit_diff)
-        )
-        return {"logit_diff": (good, bad)}
+    for name in ("target_tokens", "logit_diff"):
+        given = getattr(spec, name)
+        if given is None:
+            continue
+        ids = [answer_ids(t, f"{name}[{i}]", tok, d_vocab)[0] for i, t in enumerate(given)]
+        for j, i in enumerate(ids):
+            if i in ids[:j]:
+                raise TaskError(f"{name}[{j}]", f"the same token as {name}[{ids.index(i)}]")
+        return {"logit_ids": ids} if name == "target_tokens" else {"logit_diff": (ids[0], ids[1])}
     return {"p": spec.desired_logit_prob, "max_logits": spec.max_n_logits}
 
 
@@ -117,7 +116,8 @@ def _token_texts(model: ModelAdapter, ids: list[int]) -> list[str]:
 def run_attribution_graph(
     spec: JobSpec, progress: Progress | None = None, should_stop: ShouldStop | None = None
 ) -> tuple[nx.DiGraph, nx.DiGraph, dict[str, Any]]:
-    """The pruned graph, the full graph (every node and edge, marked ``in_circuit``) and metrics."""
+    """The pruned graph, the full graph (every node, marked ``in_circuit``, the pruned edges as links
+    and the whole adjacency in ``graph["adjacency"]``) and the metrics."""
     from circuitd.attribution import attribute, check_interventions, record
 
     started = time.perf_counter()
@@ -186,8 +186,8 @@ def run_attribution_graph(
         "metrics": found,
     }
     out = []
-    for all_edges in (False, True):
-        g = to_networkx(graph, pruned, all_edges=all_edges)
+    for stored in (False, True):  # the pruned graph; every node with the matrix, compact
+        g = to_networkx(graph, pruned, stored=stored)
         g.graph.update(meta)
         out.append(g)
     report(1.0, "done")

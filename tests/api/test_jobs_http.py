@@ -269,6 +269,23 @@ def test_attribution_graph_job_queries_and_validation(service: Service, alice: A
     assert paths["paths"] and all(p["nodes"][-1] == paths["logit"] for p in paths["paths"])
     assert alice.http.get(f"{base}/logit-paths", params={"logit": "nope"}).status_code == 404
 
+    # the edge-level queries work on attribution graphs too; paths through a node do not apply
+    assert full["graph"]["adjacency"]["shape"] == [m["n_nodes_total"]] * 2
+    assert len(full["links"]) == m["n_edges"]  # links: the pruned edges; the matrix holds the rest
+    top = alice.http.get(f"{base}/top", params={"n": 3}).json()["edges"]
+    assert len(top) == 3 and abs(top[0]["score"]) >= abs(top[2]["score"])
+    assert alice.http.get(f"{base}/nodes/{feats[0]['id']}").json()["node"]["kind"] == "feature"
+    assert alice.http.get(f"{base}/subgraph", params={"min_score": 0}).status_code == 200
+    assert alice.http.get(base, params={"format": "graphml"}).status_code == 200
+    assert alice.http.get(f"{base}/compare/{job_id}").json()["edges"]["jaccard"] == 1.0
+    assert alice.http.get(f"{base}/paths", params={"through": feats[0]["id"]}).status_code == 409
+    both = alice.http.get(base, params={"all_edges": "true", "node_threshold": 0.5})
+    assert both.status_code == 422
+    np_sub = alice.http.get(f"{base}/subgraph", params={"min_score": 0, "format": "neuronpedia"})
+    assert np_sub.status_code == 422
+    twice = alice.http.post(f"{base}/validate", json={"nodes": [feats[0]["id"], feats[0]["id"]]})
+    assert twice.status_code == 422 and "given twice" in twice.json()["detail"]
+
     bad = alice.http.post(f"{base}/validate", json={"nodes": ["nope"]})
     assert bad.status_code == 422 and "nodes: 'nope'" in bad.json()["detail"]
     r = alice.http.post(f"{base}/validate", json={"nodes": [feats[0]["id"], feats[1]["id"]], "scale": 0.0})

@@ -53,8 +53,25 @@ def test_spec_rules():
         JobSpec(**base, prompt=[1, 2], node_threshold=1.5)
     with pytest.raises(ValidationError, match="max_feature_nodes: 100000 exceeds the limit"):
         JobSpec(**base, prompt=[1, 2], max_feature_nodes=100_000)
-    with pytest.raises(ValidationError, match="prompt: only the attribution-graph method"):
+    with pytest.raises(ValidationError, match="prompt: only for attribution-graph, not eap-ig"):
         JobSpec(model="random:small", task="random", prompt="x")
+    with pytest.raises(ValidationError, match="transcoders: only for attribution-graph, not acdc"):
+        JobSpec(model="random:small", task="random", method="acdc", transcoders="/tmp")
+    with pytest.raises(ValidationError, match="top_n: only for the edge methods, not attribution-graph"):
+        JobSpec(**base, prompt=[1, 2], top_n=5)
+    with pytest.raises(ValidationError, match=r"target_tokens\[1\]: repeats an earlier entry"):
+        JobSpec(**base, prompt=[1, 2], target_tokens=[5, 5])
+    with pytest.raises(ValidationError, match=r"logit_diff\[1\]: repeats"):
+        JobSpec(**base, prompt=[1, 2], logit_diff=["a", "a"])
+    with pytest.raises(ValidationError, match=r"validate_nodes\[1\]: repeats"):
+        JobSpec(**base, prompt=[1, 2], validate_nodes=["x", "x"])
+    with pytest.raises(ValidationError, match="max_n_logits: 1000 exceeds the limit of 64"):
+        JobSpec(**base, prompt=[1, 2], max_n_logits=1000)
+    with pytest.raises(ValidationError, match="validate_scale"):
+        JobSpec(**base, prompt=[1, 2], validate_scale=float("nan"))
+    # a stored spec (every field written out) validates again, for either family
+    for spec in (JobSpec(**base, prompt=[1, 2]), JobSpec(model="random:small", task="random", method="acdc")):
+        assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
     with pytest.raises(ValidationError, match="task: required"):
         JobSpec(model="random:small")
 
@@ -151,3 +168,35 @@ def test_max_feature_nodes_in_the_spec(result, tc_dir):
     assert m["n_features"] == 20 < m["n_active_features"] == r.metrics["n_active_features"]
     n_logits = sum(1 for _, d in capped.full_graph.nodes(data=True) if d["kind"] == "logit")
     assert m["backward_passes"] == -(-n_logits // 8) + -(-20 // 8)
+
+
+def test_targets_that_tokenize_alike_are_refused():
+    from circuitd.errors import TaskError
+    from circuitd.methods.attribution_graph import target_kwargs
+    from circuitd.models.registry import load_model
+
+    model = load_model("zoo:synth")
+    base = dict(model="zoo:synth", method="attribution-graph", prompt="a b")
+    spec = JobSpec(**base, target_tokens=["Mary", " Mary"])
+    with pytest.raises(TaskError, match=r"target_tokens\[1\]: the same token as target_tokens\[0\]"):
+        target_kwargs(spec, model)
+    spec = JobSpec(**base, logit_diff=[" Mary", "John"])
+    assert target_kwargs(spec, model)["logit_diff"][0] != target_kwargs(spec, model)["logit_diff"][1]
+
+
+def test_stored_form_is_compact_and_exact(result):
+    """The stored full graph carries the matrix in a few bytes per entry, exactly."""
+    from graphs.attribution import decode_matrix, encode_matrix, to_networkx
+
+    _, r = result
+    full = from_networkx(_stored(r))
+    doc = encode_matrix(full.adjacency)
+    assert np.array_equal(decode_matrix(json.loads(json.dumps(doc))), full.adjacency)
+    stored_bytes = len(json.dumps(to_node_link(r.full_graph)))
+    links_bytes = len(json.dumps(to_node_link(to_networkx(full, all_edges=True))))
+    assert r.full_graph.number_of_edges() == r.metrics["n_edges"]  # links: the pruned edges only
+    assert stored_bytes < links_bytes / 3
+    with pytest.raises(ValueError, match="unknown encoding"):
+        decode_matrix({**doc, "encoding": "x"})
+    with pytest.raises(ValueError, match="do not fit the shape"):
+        decode_matrix({**doc, "shape": [2, 2]})
