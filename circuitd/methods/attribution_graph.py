@@ -18,6 +18,8 @@ from typing import Any
 import networkx as nx
 import torch
 
+from circuitd.attribution import ReplacementContext, attribute, check_interventions, record
+from circuitd.discover import build_task, versions
 from circuitd.errors import CircuitdError, TaskError
 from circuitd.methods.base import Cancelled, Progress, ShouldStop
 from circuitd.models.adapter import ModelAdapter
@@ -26,7 +28,15 @@ from circuitd.settings import get_settings
 from circuitd.spec import JobSpec
 from circuitd.tasks.base import answer_ids, prompt_ids
 from circuitd.transcoders import TranscoderSet, load
-from graphs.attribution import kind_mask, node_id, to_networkx
+from graphs.attribution import (
+    AttributionGraph,
+    PruneResult,
+    completeness_score,
+    kind_mask,
+    node_id,
+    replacement_score,
+    to_networkx,
+)
 
 TRANSCODERS_SUBDIR = "transcoders"
 
@@ -81,8 +91,6 @@ def prompt_of(spec: JobSpec, model: ModelAdapter) -> list[int]:
     if spec.prompt is not None:
         ids = prompt_ids(spec.prompt, "prompt", model.tokenizer, True, s.d_vocab)
     else:
-        from circuitd.discover import build_task
-
         task = build_task(spec.model_copy(update={"n_prompts": 1}), model)
         ids = task.clean[0][: task.answer_pos[0] + 1]
     limit = min(get_settings().max_tokens, s.n_ctx)
@@ -118,8 +126,6 @@ def run_attribution_graph(
 ) -> tuple[nx.DiGraph, nx.DiGraph, dict[str, Any]]:
     """The pruned graph, the full graph (every node, marked ``in_circuit``, the pruned edges as links
     and the whole adjacency in ``graph["adjacency"]``) and the metrics."""
-    from circuitd.attribution import attribute, check_interventions, record
-
     started = time.perf_counter()
 
     def report(fraction: float, stage: str) -> None:
@@ -154,10 +160,9 @@ def run_attribution_graph(
     n_active = int((ctx.activations[:, 1:] > 0).sum())
     logits = [(i, n) for i, n in enumerate(graph.nodes) if n.kind == "logit" and pruned.node_mask[i]]
     top = max(logits, key=lambda x: (x[1].prob, -x[0]))[1]
-    scores = graph.scores()
-    found: dict[str, Any] = {
-        "replacement_score": scores["replacement_score"],
-        "completeness_score": scores["completeness_score"],
+    found: dict[str, Any] = {  # the full graph's influence, as pruning computed it
+        "replacement_score": replacement_score(graph.adjacency, graph.nodes, pruned.influence),
+        "completeness_score": completeness_score(graph.adjacency, graph.nodes, pruned.influence),
         "n_nodes": pruned.n_nodes, "n_edges": pruned.n_edges,
         "n_nodes_total": len(graph.nodes), "n_edges_total": int((graph.adjacency != 0).sum()),
         "n_active_features": n_active,
@@ -169,10 +174,8 @@ def run_attribution_graph(
     }
     if spec.validate_nodes:
         report(0.95, "validating")
-        found["validation"] = _validate(spec, ctx, graph, pruned, check_interventions)
+        found["validation"] = _validate(spec, ctx, graph, pruned)
     found["seconds"] = round(time.perf_counter() - started, 3)
-    from circuitd.discover import versions
-
     meta = {
         "model": spec.model, "task": spec.task_name, "method": spec.method,
         "transcoders": spec.transcoders,  # None: the model's shipped set
@@ -194,7 +197,9 @@ def run_attribution_graph(
     return out[0], out[1], found
 
 
-def _validate(spec: JobSpec, ctx: Any, graph: Any, pruned: Any, check: Any) -> dict[str, Any]:
+def _validate(
+    spec: JobSpec, ctx: ReplacementContext, graph: AttributionGraph, pruned: PruneResult
+) -> dict[str, Any]:
     """Predicted (full graph, pruned graph) against measured logit changes for ``validate_nodes``."""
     ids = graph.node_ids
     where = {x: i for i, x in enumerate(ids)}
@@ -203,9 +208,9 @@ def _validate(spec: JobSpec, ctx: Any, graph: Any, pruned: Any, check: Any) -> d
         if name not in where:
             raise CircuitdError(f"validate_nodes[{j}]: no node '{name}' in the graph")
         chosen.append(where[name])
-    full = check(ctx, graph.adjacency, graph.nodes, chosen, spec.validate_scale)
+    full = check_interventions(ctx, graph.adjacency, graph.nodes, chosen, spec.validate_scale)
     kept = graph.adjacency * pruned.edge_mask
-    in_pruned = check(ctx, kept, graph.nodes, chosen, spec.validate_scale)
+    in_pruned = check_interventions(ctx, kept, graph.nodes, chosen, spec.validate_scale)
     return {
         "nodes": list(spec.validate_nodes or []),
         "scale": spec.validate_scale,
