@@ -74,9 +74,14 @@ def main() -> None:
     def metric_fn(logits: torch.Tensor) -> torch.Tensor:
         return metrics.metric(task.metric, logits, b)
 
+    def answer_metric_fn(logits: torch.Tensor) -> torch.Tensor:
+        return metrics.per_prompt_at_answers(task.metric, logits, b).mean(-1)
+
     def eap() -> torch.Tensor:
+        """What circuitd's EAP runs: the metric reads the answer positions, so the clean pass
+        unembeds only those."""
         ablated = engine.ablated_sources("resample", b.corrupted)
-        return engine.edge_gradients(b.clean, ablated, metric_fn)
+        return engine.edge_gradients(b.clean, ablated, answer_metric_fn, answer_pos=b.answer_pos)
 
     tl = model.model
 

@@ -410,8 +410,13 @@ class PatchingEngine:
         metric_fn: Callable[[torch.Tensor], torch.Tensor],
         baseline: torch.Tensor | None = None,
         steps: int = 1,
+        answer_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``d metric / d alpha`` at alpha = 0 for every edge ``[n_edges]`` (EAP).
+
+        ``metric_fn`` reads the logits ``[B, P, V]``; with ``answer_pos [B]`` it reads only
+        those at each prompt's answer position ``[B, V]``, and only those are computed (the
+        unembedding of every position is most of a pass's cost for a large vocabulary).
 
         With ``steps > 1`` and a ``baseline`` input embedding (the corrupted prompts'),
         the gradients at each destination are averaged over inputs interpolated from the
@@ -431,9 +436,9 @@ class PatchingEngine:
             inputs = self._input_hooks(k / steps, baseline, diff)
             if shared:
                 with self.model.shared_head_inputs():
-                    grads = self._dest_grads_shared(tokens, metric_fn, inputs)
+                    grads = self._dest_grads_shared(tokens, metric_fn, inputs, answer_pos)
             else:
-                grads = self._dest_grads_split(tokens, metric_fn, inputs)
+                grads = self._dest_grads_split(tokens, metric_fn, inputs, answer_pos)
             if i == 0:  # after the clean step: the buffer becomes ablated - clean
                 torch.sub(ablated, diff, out=diff)
             self._contract(grads, diff, scores, workspace)
@@ -493,19 +498,33 @@ class PatchingEngine:
             return _source_hooks(self.model, self.graph, _BufferSink(clean))
         return [(self.model.hook_input(), lambda a: baseline + t * (a - baseline))]
 
+    def _backward_metric(
+        self, tokens: torch.Tensor, hooks: list[tuple[str, HookFn]], metric_fn: Callable,
+        answer_pos: torch.Tensor | None,
+    ) -> None:
+        """One pass with ``hooks`` and the backward pass of its metric."""
+        with torch.enable_grad():
+            if answer_pos is None:
+                metric_fn(self.model.run(tokens, hooks)).backward()
+                return
+            final = self.model.run(tokens, hooks, logits=False)
+            rows = torch.arange(final.shape[0], device=final.device)
+            metric_fn(self.model.logits_of(final[rows, answer_pos])).backward()
+
     def _dest_grads_split(
-        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]]
+        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]],
+        answer_pos: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Gradients at every destination input, read from zero probes added to the
         per-head inputs (any architecture)."""
         probes = self._probes(tokens.shape)
         hooks = hooks + _dest_hooks(self.model, self.graph, lambda g, x, a: a + probes[g][x])
-        with torch.enable_grad():
-            metric_fn(self.model.run(tokens, hooks)).backward()
+        self._backward_metric(tokens, hooks, metric_fn, answer_pos)
         return [p.grad for g in self.graph.groups for p in probes[g]]
 
     def _dest_grads_shared(
-        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]]
+        self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]],
+        answer_pos: torch.Tensor | None = None,
     ) -> list:
         """As :meth:`_dest_grads_split`, on the plain model: at alpha = 0 every head reads
         the same residual stream, so the per-head input gradients follow from those at q, k
@@ -530,8 +549,7 @@ class PatchingEngine:
             else:
                 names = [m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()]
             hooks += [(n, lambda a, n=n: probe(a, n)) for n in names]
-        with torch.enable_grad():
-            metric_fn(m.run(tokens, hooks)).backward()
+        self._backward_metric(tokens, hooks, metric_fn, answer_pos)
         out: list = []
         for g in self.graph.groups:
             if g.kind == "attn":

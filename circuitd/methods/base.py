@@ -49,14 +49,17 @@ class MethodContext:
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("cancelled")
 
-    def metric_fn(self, batch: TaskBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The task metric of logits on this batch (KL against the clean model)."""
+    def metric_fn(self, batch: TaskBatch, at_answers: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The task metric of logits on this batch (KL against the clean model); with
+        ``at_answers``, of the logits at the answer positions only ``[..., B, V]``."""
         clean_lp = None
         if self.metric == "kl":
             with torch.no_grad():
                 clean_lp = metrics.clean_logprobs_of(self.model.run(batch.clean), batch)
 
         def fn(logits: torch.Tensor) -> torch.Tensor:
+            if at_answers:
+                return metrics.per_prompt_at_answers(self.metric, logits, batch, clean_lp).mean(-1)
             return metrics.metric(self.metric, logits, batch, clean_lp)
 
         return fn

@@ -23,8 +23,10 @@ def edge_scores(ctx: MethodContext, steps: int) -> torch.Tensor:
     for i, b in enumerate(batches):
         ctx.check_stop()
         ablated = engine.ablated_sources(ctx.ablation, b.corrupted, mean)
-        metric_fn = ctx.metric_fn(b)
-        scores = engine.edge_gradients(b.clean, ablated, metric_fn, baseline=ablated[0], steps=steps)
+        metric_fn = ctx.metric_fn(b, at_answers=True)
+        scores = engine.edge_gradients(
+            b.clean, ablated, metric_fn, baseline=ablated[0], steps=steps, answer_pos=b.answer_pos
+        )
         total += scores.double() * len(b)
         ctx.report((i + 1) / len(batches), "scoring edges")
     return (total / len(task)).to(model.dtype)

@@ -208,3 +208,29 @@ def test_split_probe_path_matches_factored_path(steps: int, monkeypatch) -> None
     probed = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
     torch.testing.assert_close(probed, fast, atol=1e-5, rtol=0)
     assert fast.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("metric_name", ["logit_diff", "prob_diff", "nll"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_eap_at_answer_positions_only_equals_full_logits(metric_name: str, shared: bool, monkeypatch) -> None:
+    """The clean pass that unembeds only the answer positions gives the same scores as the one
+    that unembeds every position, on both gradient paths, for plain EAP and EAP-IG."""
+    model, graph, engine, _, b = random_setup("random:small@2", n=5, metric=metric_name)
+    if not shared:
+        monkeypatch.setattr(model, "shared_head_input_grads_supported", lambda: False)
+    ablated = engine.ablated_sources("resample", b.corrupted)
+
+    def full(logits):
+        return metrics.metric(metric_name, logits, b)
+
+    def at_answers(logits):
+        assert logits.shape == (len(b), model.shape.d_vocab)
+        return metrics.per_prompt_at_answers(metric_name, logits, b).mean(-1)
+
+    for steps in (1, 3):
+        want = engine.edge_gradients(b.clean, ablated, full, baseline=ablated[0], steps=steps)
+        got = engine.edge_gradients(
+            b.clean, ablated, at_answers, baseline=ablated[0], steps=steps, answer_pos=b.answer_pos
+        )
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        assert want.abs().max() > 1e-4
