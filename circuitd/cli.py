@@ -80,7 +80,7 @@ def _task_arg(value: str):
 def _spec_from_args(args: argparse.Namespace, **extra):
     from pydantic import ValidationError
 
-    from circuitd.spec import JobSpec
+    from circuitd.spec import JobSpec, spec_error_line
 
     fields = dict(
         model=args.model, task=_task_arg(args.task), metric=args.metric, ablation=args.ablation,
@@ -90,9 +90,7 @@ def _spec_from_args(args: argparse.Namespace, **extra):
     try:
         return JobSpec(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "spec"
-        raise CircuitdError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from exc
+        raise CircuitdError(spec_error_line(exc)) from exc
 
 
 class _Bar:
@@ -112,11 +110,7 @@ class _Bar:
 
 
 def _attribution_fields(args: argparse.Namespace) -> dict:
-    if args.method != "attribution-graph":
-        for flag in ("prompt", "transcoders", "target_token", "logit_diff", "max_feature_nodes"):
-            if getattr(args, flag) is not None:
-                raise CircuitdError(f"--{flag.replace('_', '-')}: only for --method attribution-graph")
-        return {}
+    """The attribution-graph flags as spec fields (the spec refuses them for other methods)."""
     return dict(
         prompt=args.prompt, transcoders=args.transcoders, node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold, max_feature_nodes=args.max_feature_nodes,
@@ -164,8 +158,6 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     if args.format == "neuronpedia" and args.method != "attribution-graph":
         raise CircuitdError("--format: neuronpedia is for --method attribution-graph")
-    if args.method != "attribution-graph" and args.task is None:
-        raise CircuitdError("--task: required for --method " + args.method)
 
     acdc = dict(
         tau=args.tau or [0.01], abs_diff=args.abs, acdc_metric=args.acdc_metric,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from circuitd.errors import ModelError
 from circuitd.models.registry import parse_model_id
@@ -28,6 +28,18 @@ EDGE_FIELDS = (
     "n_prompts", "metric", "top_n", "threshold", "ig_steps", "tau", "abs_diff", "acdc_metric",
     "prefilter_top_n", "prefilter_threshold", "prefilter_method", "ablation", "split_qkv", "curve",
 )
+
+
+def spec_error_line(exc: ValidationError) -> str:
+    """The first problem of an invalid spec as one line ``field: reason``. A spec-wide check
+    already names its field in its message, so it gets no ``spec:`` prefix on top."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+    if not loc:
+        head, sep, _ = msg.partition(": ")
+        return msg if sep and head in JobSpec.model_fields else f"spec: {msg}"
+    return f"{loc}: {msg}"
 
 
 def _duplicate(values: list) -> int | None:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from circuitd.errors import CircuitdError
 from circuitd.models.adapter import ModelAdapter
-from circuitd.transcoders import Transcoder, TranscoderSet, save
+from circuitd.transcoders import Transcoder, TranscoderSet, activate, save
 
 CARD_FILE = "card.json"
 CORPORA = ("synth", "tasks")
@@ -94,7 +94,10 @@ def _sequences(adapter: ModelAdapter, corpus: str, n: int, seed: int) -> list[li
     return [tok.encode(ln, prepend_bos=True)[:n_ctx] for ln in (lines * math.ceil(n / len(lines)))[:n]]
 
 
-def _padded(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+def _padded(adapter: ModelAdapter, seqs: list[list[int]]) -> tuple[Tensor, Tensor]:
+    """Right-padded tokens (with BOS, else 0) and the mask of real positions after BOS."""
+    tok = adapter.tokenizer
+    pad = tok.bos_id if tok is not None and tok.bos_id is not None else 0
     width = max(len(s) for s in seqs)
     tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.bool)
@@ -110,13 +113,8 @@ def collect(adapter: ModelAdapter, seqs: list[list[int]], batch: int = 256) -> t
     L = adapter.shape.n_layers
     ins: list[list[Tensor]] = [[] for _ in range(L)]
     outs: list[list[Tensor]] = [[] for _ in range(L)]
-    pad = (
-        adapter.tokenizer.bos_id
-        if adapter.tokenizer is not None and adapter.tokenizer.bos_id is not None
-        else 0
-    )
     for start in range(0, len(seqs), batch):
-        tokens, mask = _padded(seqs[start : start + batch], pad)
+        tokens, mask = _padded(adapter, seqs[start : start + batch])
         mask = mask.to(adapter.device)
 
         def keep(store: list[Tensor], mask: Tensor = mask) -> Callable[[Tensor], None]:
@@ -130,13 +128,6 @@ def collect(adapter: ModelAdapter, seqs: list[list[int]], batch: int = 256) -> t
             ]
         adapter.run(tokens.to(adapter.device), hooks, logits=False)
     return torch.stack([torch.cat(x) for x in ins]), torch.stack([torch.cat(y) for y in outs])
-
-
-def _activate(pre: Tensor, s: TrainSettings) -> Tensor:
-    if s.activation == "topk":
-        values, idx = pre.topk(s.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
-    return torch.relu(pre)
 
 
 def train_layer(
@@ -178,7 +169,7 @@ def train_layer(
         idx = order[cursor : cursor + s.batch]
         cursor += s.batch
         xb, yb = x[idx], y[idx]
-        acts = _activate(xb @ params["W_enc"].T + params["b_enc"], s)
+        acts = activate(xb @ params["W_enc"].T + params["b_enc"], s.activation, k=s.k)
         pred = acts @ params["W_dec"] + params["b_dec"]
         if s.skip:
             pred = pred + xb @ params["W_skip"].T
@@ -243,14 +234,9 @@ def replacement_hooks(
 def agreement(adapter: ModelAdapter, tset: TranscoderSet, seqs: list[list[int]], batch: int = 256) -> float:
     """Share of real positions (BOS included: it predicts the first word) where the replacement
     model's top-1 next token equals the model's."""
-    pad = (
-        adapter.tokenizer.bos_id
-        if adapter.tokenizer is not None and adapter.tokenizer.bos_id is not None
-        else 0
-    )
     same = total = 0
     for start in range(0, len(seqs), batch):
-        tokens, mask = _padded(seqs[start : start + batch], pad)
+        tokens, mask = _padded(adapter, seqs[start : start + batch])
         mask[:, 0] = True
         tokens, mask = tokens.to(adapter.device), mask.to(adapter.device)
         real = adapter.run(tokens).argmax(-1)
@@ -271,7 +257,7 @@ def task_agreement(adapter: ModelAdapter, tset: TranscoderSet, n: int = 200) -> 
     for offset, task in enumerate(("ioi", "greater_than", "induction")):
         prompts, _ = _heldout_prompts(task, tok, n, HELDOUT_SEED + offset)
         seqs = [tok.encode(p, prepend_bos=True) for p in prompts]
-        tokens, _ = _padded(seqs, tok.bos_id or 0)
+        tokens, _ = _padded(adapter, seqs)
         last = torch.tensor([len(s) - 1 for s in seqs])
         rows = torch.arange(len(seqs))
         tokens = tokens.to(adapter.device)

@@ -20,13 +20,21 @@ def is_attribution(graph: nx.Graph) -> bool:
 def reprune(
     full: nx.DiGraph, node_threshold: float | None = None, edge_threshold: float | None = None
 ) -> nx.DiGraph:
-    """The pruned graph at other thresholds (default: the stored ones), from the stored full matrix."""
-    ag = from_networkx(full)
+    """The pruned graph at other thresholds (default: the stored ones) from a stored full graph.
+
+    At the stored thresholds nothing is recomputed: the stored form already marks the pruned
+    nodes and holds exactly the pruned edges as links. Other thresholds prune the stored matrix.
+    """
     nt = full.graph["node_threshold"] if node_threshold is None else node_threshold
     et = full.graph["edge_threshold"] if edge_threshold is None else edge_threshold
-    out = to_networkx(ag, ag.prune(nt, et))
-    out.graph.update({k: v for k, v in full.graph.items() if k not in out.graph})
-    return out
+    if (nt, et) == (full.graph["node_threshold"], full.graph["edge_threshold"]) and "adjacency" in full.graph:
+        out = nx.DiGraph(**{k: v for k, v in full.graph.items() if k != "adjacency"})
+        out.graph["full"] = False
+        out.add_nodes_from((k, d) for k, d in full.nodes(data=True) if d["in_circuit"])
+        out.add_edges_from(full.edges(data=True))
+        return out
+    ag = from_networkx(full)
+    return to_networkx(ag, ag.prune(nt, et))
 
 
 def _node(graph: nx.DiGraph, key: str) -> dict[str, Any]:

@@ -209,6 +209,14 @@ def _check_strings(values: Any, where: str, problems: list[str]) -> None:
                 problems.append(f"{where}[{i}]: expected str, got {_type_name(v)}")
 
 
+def _records(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
+    """``doc[key]`` when it is a list; otherwise no records (and a problem if it is there)."""
+    value = doc.get(key)
+    if key in doc and not isinstance(value, list):
+        problems.append(f"{key}: expected list, got {_type_name(value)}")
+    return value if isinstance(value, list) else []
+
+
 def validate_neuronpedia(doc: Any) -> list[str]:
     """Problems that keep ``doc`` from being a Neuronpedia graph per REFERENCE §6; empty when valid.
 
@@ -246,10 +254,7 @@ def validate_neuronpedia(doc: Any) -> list[str]:
                     _check_strings(group, f"qParams.supernodes[{i}]", problems)
 
     ids: set[str] = set()
-    nodes = doc.get("nodes")
-    if "nodes" in doc and not isinstance(nodes, list):
-        problems.append(f"nodes: expected list, got {_type_name(nodes)}")
-    for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+    for i, node in enumerate(_records(doc, "nodes", problems)):
         if not _check_fields(node, NODE_FIELDS, f"nodes[{i}]", problems):
             continue
         nid = node.get("node_id")
@@ -262,10 +267,7 @@ def validate_neuronpedia(doc: Any) -> list[str]:
         if n_tokens is not None and is_index and not 0 <= ctx < n_tokens:
             problems.append(f"nodes[{i}].ctx_idx: {ctx} is not a position of the {n_tokens} prompt tokens")
 
-    links = doc.get("links")
-    if "links" in doc and not isinstance(links, list):
-        problems.append(f"links: expected list, got {_type_name(links)}")
-    for i, link in enumerate(links if isinstance(links, list) else []):
+    for i, link in enumerate(_records(doc, "links", problems)):
         if not _check_fields(link, LINK_FIELDS, f"links[{i}]", problems):
             continue
         for end in ("source", "target"):

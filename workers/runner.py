@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
-from circuitd.spec import JobSpec
+from circuitd.spec import JobSpec, spec_error_line
 from circuitd.store import Store, get_store, worker_id
 from graphs import to_node_link
 
@@ -111,12 +111,6 @@ def summary_of(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 
-def _spec_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "spec"
-    return f"{loc}: {err['msg'].removeprefix('Value error, ')}"
-
-
 def execute(
     job_id: str,
     store: Store | None = None,
@@ -144,7 +138,7 @@ def execute(
     try:
         spec = JobSpec.model_validate(claim.job.spec)
     except ValidationError as exc:
-        store.fail(job_id, worker, _spec_error(exc))
+        store.fail(job_id, worker, spec_error_line(exc))
         return "failed"
 
     def progress(fraction: float, stage: str) -> None:

@@ -31,10 +31,8 @@ from circuitd.transcoders import TranscoderSet, load
 from graphs.attribution import (
     AttributionGraph,
     PruneResult,
-    completeness_score,
     kind_mask,
     node_id,
-    replacement_score,
     to_networkx,
 )
 
@@ -160,9 +158,10 @@ def run_attribution_graph(
     n_active = int((ctx.activations[:, 1:] > 0).sum())
     logits = [(i, n) for i, n in enumerate(graph.nodes) if n.kind == "logit" and pruned.node_mask[i]]
     top = max(logits, key=lambda x: (x[1].prob, -x[0]))[1]
-    found: dict[str, Any] = {  # the full graph's influence, as pruning computed it
-        "replacement_score": replacement_score(graph.adjacency, graph.nodes, pruned.influence),
-        "completeness_score": completeness_score(graph.adjacency, graph.nodes, pruned.influence),
+    out = [to_networkx(graph, pruned, stored=stored) for stored in (False, True)]  # pruned; stored
+    found: dict[str, Any] = {  # the scores to_networkx computed from the pruning's influence
+        "replacement_score": out[0].graph["replacement_score"],
+        "completeness_score": out[0].graph["completeness_score"],
         "n_nodes": pruned.n_nodes, "n_edges": pruned.n_edges,
         "n_nodes_total": len(graph.nodes), "n_edges_total": int((graph.adjacency != 0).sum()),
         "n_active_features": n_active,
@@ -188,11 +187,8 @@ def run_attribution_graph(
         "versions": versions(),
         "metrics": found,
     }
-    out = []
-    for stored in (False, True):  # the pruned graph; every node with the matrix, compact
-        g = to_networkx(graph, pruned, stored=stored)
+    for g in out:
         g.graph.update(meta)
-        out.append(g)
     report(1.0, "done")
     return out[0], out[1], found
 
