@@ -199,8 +199,13 @@ class PatchingEngine:
     def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
         buffer = self._source_buffer(tokens)
-        with torch.no_grad(), self.model.shared_head_inputs():  # unpatched: no per-head copies
-            self.model.run(tokens, _source_hooks(self.model, self.graph, _BufferSink(buffer)), logits=False)
+        with torch.no_grad():
+            if self.model.lean_pass_supported():
+                self.model.lean_pass(tokens, sources=buffer)
+            else:
+                with self.model.shared_head_inputs():  # unpatched: no per-head copies
+                    hooks = _source_hooks(self.model, self.graph, _BufferSink(buffer))
+                    self.model.run(tokens, hooks, logits=False)
         return buffer
 
     def _source_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -428,16 +433,20 @@ class PatchingEngine:
         """
         if steps > 1 and baseline is None:
             raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
+        lean = self.model.lean_pass_supported()
         shared = self.model.shared_head_input_grads_supported()
         diff = self._source_buffer(tokens)
         scores = torch.zeros(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
         workspace: list[torch.Tensor] = []  # one head-input gradient buffer, reused by every layer
         for i, k in enumerate((steps, *range(1, steps))):
-            inputs = self._input_hooks(k / steps, baseline, diff)
-            if shared:
+            if lean:
+                grads = self._dest_grads_lean(tokens, metric_fn, k / steps, baseline, diff, answer_pos)
+            elif shared:
+                inputs = self._input_hooks(k / steps, baseline, diff)
                 with self.model.shared_head_inputs():
                     grads = self._dest_grads_shared(tokens, metric_fn, inputs, answer_pos)
             else:
+                inputs = self._input_hooks(k / steps, baseline, diff)
                 grads = self._dest_grads_split(tokens, metric_fn, inputs, answer_pos)
             if i == 0:  # after the clean step: the buffer becomes ablated - clean
                 torch.sub(ablated, diff, out=diff)
@@ -447,47 +456,56 @@ class PatchingEngine:
     def _contract(
         self, grads: list, diff: torch.Tensor, scores: torch.Tensor, workspace: list[torch.Tensor]
     ) -> None:
-        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``. Attention
-        gradients come per head input ``[H, B, P, D]`` for each of q, k, v, or per layer as
-        ``(layer, grads at q/k/v, resid_pre)``, turned into the q/k/v head-input gradients
-        of every head here, one layer at a time, in ``workspace``. Such a layer and the MLP
-        after it are scored in one product: the sources are read once for both."""
+        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``.
+
+        Attention gradients come per head input ``[H, B, P, D]`` for each of q, k, v, or
+        per layer as ``(layer, grads and values at q/k/v, resid_pre)``, turned into the
+        q/k/v head-input gradients of every head here, one layer at a time, in
+        ``workspace``. One-row groups (an MLP, the logits) ride along with the next
+        product: their sources are a prefix of the next group's, so they are read once.
+        """
         flat = diff.flatten(1)  # [S, B*P*D]
         n_pos, d = flat.shape[1] // diff.shape[-1], diff.shape[-1]
         it = iter(grads)
-        groups = self.graph.groups
-        pending_mlp = None  # an MLP group scored with the attention layer before it
-        for i, g in enumerate(groups):
-            if g is pending_mlp:  # already scored, and its gradient taken, with its layer
-                pending_mlp = None
-                continue
-            src = flat[: g.n_src].T  # [B*P*D, S]
+        riders: list[tuple[DestGroup, torch.Tensor]] = []  # one-row groups waiting for a product
+        for g in self.graph.groups:
             if g.kind != "attn":
-                block = next(it).reshape(1, -1) @ src
-            else:
-                grad = next(it)
-                if isinstance(grad, tuple):  # q, k and v of every head at once
-                    layer, qkv_grads, resid = grad
-                    rows = 3 * g.n_heads
-                    after = groups[i + 1] if i + 1 < len(groups) else None
-                    if after is not None and after.kind == "mlp":
-                        pending_mlp = after
-                    if not workspace:
-                        workspace.append(diff.new_empty(rows + 1, n_pos, d))
-                    self.model.head_input_grads(layer, qkv_grads, resid, out=workspace[0][:rows])
-                    if pending_mlp is None:
-                        block = workspace[0][:rows].reshape(rows, -1) @ src
-                    else:
-                        workspace[0][rows].copy_(next(it).reshape(n_pos, d))
-                        both = workspace[0].reshape(rows + 1, -1) @ flat[: pending_mlp.n_src].T
-                        scores[pending_mlp.offset : pending_mlp.stop] += both[rows]
-                        block = both[:rows, : g.n_src]
-                else:  # [H, B, P, D] for each of q, k, v
-                    parts = [grad, next(it), next(it)]
-                    block = torch.cat([p.reshape(g.n_heads, -1) for p in parts]) @ src
-                if g.n_qkv == 1:
-                    block = block.reshape(3, g.n_heads, g.n_src).sum(0)
+                riders.append((g, next(it).reshape(-1)))
+                continue
+            grad = next(it)
+            rows = 3 * g.n_heads
+            if isinstance(grad, tuple):  # q, k and v of every head at once
+                layer, qkv_grads, qkv_acts, resid = grad
+                n = rows + len(riders)
+                if not workspace or workspace[0].shape[0] < n:
+                    workspace[:] = [diff.new_empty(n, n_pos * d)]
+                buf = workspace[0][:n]
+                head_rows = buf[:rows].view(rows, n_pos, d)
+                self.model.head_input_grads(layer, qkv_grads, qkv_acts, resid, out=head_rows)
+                for i, (_, row) in enumerate(riders):
+                    buf[rows + i].copy_(row)
+            else:  # [H, B, P, D] for each of q, k, v
+                parts = [grad, next(it), next(it)]
+                buf = torch.cat([p.reshape(g.n_heads, -1) for p in parts] + [r[None] for _, r in riders])
+            block = buf @ flat[: g.n_src].T  # [rows + riders, S]
+            self._add_riders(riders, block[rows:], scores)
+            block = block[:rows]
+            if g.n_qkv == 1:
+                block = block.reshape(3, g.n_heads, g.n_src).sum(0)
             scores[g.offset : g.stop] += block.reshape(-1)
+        if riders:
+            last = riders[-1][0]  # the logits: every source
+            block = torch.stack([r for _, r in riders]) @ flat[: last.n_src].T
+            self._add_riders(riders, block, scores)
+
+    @staticmethod
+    def _add_riders(
+        riders: list[tuple[DestGroup, torch.Tensor]], block: torch.Tensor, scores: torch.Tensor
+    ) -> None:
+        """Scores of one-row groups from their rows of a product over a longer source prefix."""
+        for (g, _), row in zip(riders, block, strict=True):
+            scores[g.offset : g.stop] += row[: g.n_src]
+        riders.clear()
 
     def _input_hooks(
         self, t: float, baseline: torch.Tensor | None, clean: torch.Tensor
@@ -504,12 +522,45 @@ class PatchingEngine:
     ) -> None:
         """One pass with ``hooks`` and the backward pass of its metric."""
         with torch.enable_grad():
-            if answer_pos is None:
-                metric_fn(self.model.run(tokens, hooks)).backward()
-                return
             final = self.model.run(tokens, hooks, logits=False)
-            rows = torch.arange(final.shape[0], device=final.device)
-            metric_fn(self.model.logits_of(final[rows, answer_pos])).backward()
+            self._metric_of_final(final, metric_fn, answer_pos).backward()
+
+    def _metric_of_final(
+        self, final: torch.Tensor, metric_fn: Callable, answer_pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The metric of the logits of the final residual stream ``[B, P, D]``, at each
+        prompt's answer position only when ``answer_pos`` is given."""
+        if answer_pos is None:
+            return metric_fn(self.model.logits_of(final))
+        rows = torch.arange(final.shape[0], device=final.device)
+        return metric_fn(self.model.logits_of(final[rows, answer_pos]))
+
+    def _dest_grads_lean(
+        self, tokens: torch.Tensor, metric_fn: Callable, t: float, baseline: torch.Tensor | None,
+        clean: torch.Tensor, answer_pos: torch.Tensor | None,
+    ) -> list:
+        """As :meth:`_dest_grads_shared`, on the adapter's lean pass: the gradients are
+        taken at its tensors (no hook points, no probes). At ``t`` = 1 the clean pass, whose
+        source outputs are written to ``clean``; else the input interpolated from
+        ``baseline`` (EAP-IG)."""
+        m = self.model
+        input_fn = None if t == 1 else (lambda a: baseline + t * (a - baseline))
+        with torch.enable_grad():
+            lp = m.lean_pass(tokens, sources=clean if t == 1 else None, input_fn=input_fn, track=True)
+            metric = self._metric_of_final(lp.final, metric_fn, answer_pos)
+            grads = torch.autograd.grad(
+                metric, [*lp.qkv, *lp.mlp_in, lp.final], allow_unused=True, materialize_grads=True
+            )
+        n = len(lp.qkv)
+        out: list = []
+        for g in self.graph.groups:
+            if g.kind == "attn":  # [B, P, 3, H, E] -> [3, B, P, H, E]
+                qkv_grads = grads[g.layer].permute(2, 0, 1, 3, 4)
+                out.append((g.layer, qkv_grads, lp.qkv[g.layer].detach().permute(2, 0, 1, 3, 4),
+                            lp.resid_pre[g.layer]))
+            else:
+                out.append(grads[n + g.layer] if g.kind == "mlp" else grads[-1])
+        return out
 
     def _dest_grads_split(
         self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]],
@@ -529,12 +580,15 @@ class PatchingEngine:
         """As :meth:`_dest_grads_split`, on the plain model: at alpha = 0 every head reads
         the same residual stream, so the per-head input gradients follow from those at q, k
         and v through the first LayerNorm (the adapter's ``head_input_grads``, applied in
-        :meth:`_contract`): attention groups come as ``(layer, grads at q/k/v, resid_pre)``."""
+        :meth:`_contract`): attention groups come as ``(layer, gradients at q/k/v, values
+        at q/k/v, resid_pre)``."""
         m = self.model
         probes: dict[str, torch.Tensor] = {}
+        acts: dict[str, torch.Tensor] = {}
         resid: dict[int, torch.Tensor] = {}
 
         def probe(a: torch.Tensor, name: str) -> torch.Tensor:
+            acts[name] = a.detach()
             probes[name] = torch.zeros_like(a, requires_grad=True)
             return a + probes[name]
 
@@ -553,8 +607,9 @@ class PatchingEngine:
         out: list = []
         for g in self.graph.groups:
             if g.kind == "attn":
-                grads = torch.stack([probes[m.hook_head_qkv(g.layer, x)].grad for x in ("q", "k", "v")])
-                out.append((g.layer, grads, resid[g.layer]))
+                names = [m.hook_head_qkv(g.layer, x) for x in ("q", "k", "v")]
+                grads = torch.stack([probes[n].grad for n in names])
+                out.append((g.layer, grads, torch.stack([acts[n] for n in names]), resid[g.layer]))
             else:
                 name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
                 out.append(probes[name].grad)

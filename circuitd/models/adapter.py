@@ -47,6 +47,17 @@ class ModelShape:
         )
 
 
+@dataclass
+class LeanPass:
+    """An unpatched pass run by :meth:`ModelAdapter.lean_pass`: the tensors at every
+    destination input, on the autograd graph when the pass tracks gradients."""
+
+    qkv: list[torch.Tensor]  # per layer [B, P, 3, H, E]: queries, keys, values (before rotary)
+    resid_pre: list[torch.Tensor]  # per layer [B, P, D], detached
+    mlp_in: list[torch.Tensor]  # per layer [B, P, D] (none for attention-only models)
+    final: torch.Tensor  # the final residual stream [B, P, D]
+
+
 def _enable_edge_hooks(model: Any) -> None:
     # Per-head results are computed from hook_z by ``head_results`` (a batched matmul);
     # TransformerLens's use_attn_result builds a [batch, pos, head, d_head, d_model]
@@ -102,6 +113,7 @@ class ModelAdapter:
             p.requires_grad_(False)
         self.model = model
         self.tokenizer = tokenizer
+        self._qkv_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self.model_id = model_id
         cfg = model.cfg
         self.shape = ModelShape(
@@ -190,32 +202,44 @@ class ModelAdapter:
         return f"blocks.{layer}.hook_resid_pre"
 
     def head_input_grads(
-        self, layer: int, grads: torch.Tensor, resid_pre: torch.Tensor, out: torch.Tensor | None = None
+        self,
+        layer: int,
+        grads: torch.Tensor,
+        acts: torch.Tensor,
+        resid_pre: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``d m / d (head input)`` ``[3H, batch * pos, d_model]`` for the q, k and v inputs
         of every head (rows q of every head, then k, then v), from the gradients at the heads'
-        queries, keys and values ``[3, batch, pos, head, d_head]``, back through
-        ``W_Q``/``W_K``/``W_V`` and the layer's first LayerNorm at ``resid_pre``: what split
-        q/k/v inputs would give when every head reads the same residual stream. With ``v =
-        gamma * (grad @ W^T)`` and ``xhat``, ``sigma`` the LayerNorm's normalised input and
-        scale, the gradient is ``(v - mean(v) - xhat * mean(v * xhat)) / sigma``; centring
-        ``W`` over d_model gives ``v - mean(v)`` in the product itself. ``out``: a buffer
-        to write into (large gradients are not allocated afresh for every layer)."""
+        queries, keys and values and those values themselves (``[3, batch, pos, head,
+        d_head]`` each), back through ``W_Q``/``W_K``/``W_V`` and the layer's first
+        LayerNorm at ``resid_pre``: what split q/k/v inputs would give when every head reads
+        the same residual stream.
+
+        With ``v = gamma * (grad @ W^T)`` and ``xhat``, ``sigma`` the LayerNorm's
+        normalised input and scale, the gradient is ``(v - mean(v) - xhat * mean(v *
+        xhat)) / sigma``. Centring ``W`` over d_model gives ``v - mean(v)`` in the product
+        itself, and ``sum(v * xhat) = grad . (xhat @ (gamma * W))`` is the gradient dotted
+        with the activation less its biases (``b`` and ``beta @ W``): no second projection.
+        ``out``: a buffer to write into (large gradients are not allocated afresh for every
+        layer)."""
         block = self.model.blocks[layer]
         attn, ln = block.attn, block.ln1
         w = torch.cat([attn.W_Q, attn.W_K, attn.W_V])  # [3H, D, E]
+        bias = torch.cat([attn.b_Q, attn.b_K, attn.b_V])  # [3H, E]
         if hasattr(ln, "w"):
+            bias = bias + torch.einsum("d,hde->he", ln.b, w)
             w = w * ln.w[None, :, None]
         w = w - w.mean(1, keepdim=True)
         _, b, p, h, e = grads.shape
         x = resid_pre.reshape(b * p, -1)
         x = x - x.mean(-1, keepdim=True)
         sigma = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [N, 1]
-        xhat = x / sigma
         g = grads.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e) / sigma  # [3H, N, E], over sigma
+        xw = acts.permute(0, 3, 1, 2, 4).reshape(3 * h, b * p, e) - bias[:, None, :]  # xhat @ W
+        v_xhat = (g * xw).sum(-1) / x.shape[-1]  # [3H, N]: mean_d v * xhat
         full = torch.bmm(g, w.transpose(1, 2).contiguous(), out=out)  # [3H, N, D]: v - mean(v)
-        v_xhat = (g * torch.matmul(xhat, w)).sum(-1) / x.shape[-1]  # [3H, N]: mean_d v * xhat
-        return full.addcmul_(v_xhat.unsqueeze(-1), xhat.unsqueeze(0), value=-1.0)
+        return full.addcmul_(v_xhat.unsqueeze(-1), (x / sigma).unsqueeze(0), value=-1.0)
 
     # Single nodes computed from their inputs (incremental patched passes).
     def node_math_supported(self) -> bool:
@@ -264,6 +288,84 @@ class ModelAdapter:
             y = attn.apply_rotary(flat).transpose(1, 2).reshape(*lead, *y.shape[-3:])
         return y
 
+    # The unpatched pass by node math (EAP's passes and source values).
+    def lean_pass_supported(self) -> bool:
+        """Whether :meth:`lean_pass` computes what the model does: the node-math family
+        with shared head inputs (see :meth:`node_math_supported`)."""
+        return self.node_math_supported() and self.shared_head_input_grads_supported()
+
+    def lean_pass(
+        self,
+        tokens: torch.Tensor,
+        sources: torch.Tensor | None = None,
+        input_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        track: bool = False,
+    ) -> LeanPass:
+        """The unpatched model's pass computed here, without hook points: one projection
+        for every head's q, k and v, fused attention, per-head outputs summed. On small
+        models TransformerLens's per-module calls and hook points are a third of a pass.
+
+        ``sources [S, B, P, D]``: filled with every source's output (input, then each
+        layer's heads and MLP). ``input_fn``: applied to the input embedding first (EAP-IG's
+        interpolation). ``track``: start the autograd graph at the input, so that
+        gradients at the pass's tensors can be taken."""
+        cfg = self.model.cfg
+        x = self.input_source(tokens)
+        if input_fn is not None:
+            x = input_fn(x)
+        if sources is not None:
+            sources[0].copy_(x)
+        x = x.detach().requires_grad_(track)
+        b, p, d = x.shape
+        h, e = cfg.n_heads, cfg.d_head
+        out = LeanPass([], [], [], x)
+        at = 1
+        for layer, block in enumerate(self.model.blocks):
+            attn = block.attn
+            out.resid_pre.append(x.detach())
+            w, bias = self._qkv_weights(layer)
+            qkv = torch.addmm(bias, block.ln1(x).reshape(-1, d), w).view(b, p, 3, h, e)
+            out.qkv.append(qkv)
+            q, k, v = qkv.unbind(2)  # [B, P, H, E]
+            if self.rotary():
+                q, k = attn.apply_rotary(q), attn.apply_rotary(k)
+            low = cfg.dtype not in (torch.float32, torch.float64)
+            q, k, v = (t.transpose(1, 2).float() if low else t.transpose(1, 2) for t in (q, k, v))
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / attn.attn_scale)
+            z = z.to(x.dtype).permute(1, 0, 2, 3).reshape(h, b * p, e)
+            heads = torch.bmm(z, attn.W_O)  # [H, B*P, D]
+            if sources is not None:
+                sources[at : at + h].copy_(heads.detach().view(h, b, p, d))
+            at += h
+            attn_out = heads.sum(0).view(b, p, d) + attn.b_O
+            if cfg.attn_only:
+                x = x + attn_out
+                continue
+            resid_mid = x if cfg.parallel_attn_mlp else x + attn_out
+            mlp_in = resid_mid.clone()  # its own node: the gradient of the MLP's path only
+            out.mlp_in.append(mlp_in)
+            mlp_out = block.apply_mlp(block.ln2(mlp_in))
+            if sources is not None:
+                sources[at].copy_(mlp_out.detach())
+            at += 1
+            x = resid_mid + mlp_out + (attn_out if cfg.parallel_attn_mlp else 0.0)
+        out.final = x
+        return out
+
+    def _qkv_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W_Q``, ``W_K``, ``W_V`` of every head as one ``[D, 3 * H * E]`` matrix and their
+        biases, cached until a weight changes."""
+        attn = self.model.blocks[layer].attn
+        params = (attn.W_Q, attn.W_K, attn.W_V, attn.b_Q, attn.b_K, attn.b_V)
+        key = tuple((id(t), t._version) for t in params)
+        cached = self._qkv_cache.get(layer)
+        if cached is None or cached[0] != key:
+            w = torch.stack(params[:3], 1)  # [H, 3, D, E]
+            w = w.permute(2, 1, 0, 3).reshape(w.shape[2], -1).contiguous()  # [D, (3, H, E)]
+            bias = torch.stack(params[3:]).reshape(-1)  # [(3, H, E)]
+            cached = self._qkv_cache[layer] = (key, w, bias)
+        return cached[1], cached[2]
+
     def rotary(self) -> bool:
         return self.model.cfg.positional_embedding_type == "rotary"
 
@@ -306,10 +408,8 @@ class ModelAdapter:
         with ``logits=False`` the final residual stream instead (the unembedding, a large
         product for real vocabularies, is skipped when only the hooks' values are wanted)."""
         stop = None if logits else self.shape.n_layers
-        wrapped = [(name, _wrap(fn)) for name, fn in hooks]
-        if not wrapped:
+        with self._hooked(hooks):
             return self.model(tokens, return_type="logits", stop_at_layer=stop)
-        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=wrapped, stop_at_layer=stop)
 
     def run_blocks(
         self,
@@ -320,15 +420,29 @@ class ModelAdapter:
     ) -> torch.Tensor:
         """Logits of the model run from block ``start`` on the residual stream ``resid``;
         with ``stop``, the residual stream entering block ``stop`` instead."""
-        wrapped = [(name, _wrap(fn)) for name, fn in hooks]
-        return self.model.run_with_hooks(
-            resid, start_at_layer=start, stop_at_layer=stop, return_type="logits", fwd_hooks=wrapped
-        )
+        with self._hooked(hooks):
+            return self.model(resid, start_at_layer=start, stop_at_layer=stop, return_type="logits")
+
+    @contextmanager
+    def _hooked(self, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+        """``hooks`` on their hook points for one pass, then removed: only these handles
+        (TransformerLens's ``run_with_hooks`` resets every hook point of the model after
+        each pass, a fifth of a small model's pass on a CPU)."""
+        handles = []
+        try:
+            for name, fn in hooks:
+                handles.append(self.model.mod_dict[name].register_forward_hook(_module_hook(fn)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
-def _wrap(fn: HookFn) -> Callable[[torch.Tensor, Any], torch.Tensor | None]:
-    def hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
-        return fn(act)
+def _module_hook(fn: HookFn) -> Callable[[torch.nn.Module, Any, torch.Tensor], torch.Tensor | None]:
+    """``fn(act)`` as a PyTorch forward hook on a hook point (which returns its input)."""
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        return fn(output)
 
     return hook
 

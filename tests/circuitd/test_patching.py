@@ -193,31 +193,40 @@ def test_eap_ig_matches_hand_riemann_sum(request) -> None:
         torch.testing.assert_close(ig[i], (d * g).sum(), atol=1e-5, rtol=0, msg=edge)
 
 
+def use_gradient_path(model, path: str, monkeypatch) -> None:
+    """Send EAP down one of its three ways to the destination gradients: the adapter's lean
+    pass (the default), hook points with shared head inputs, or per-head probes."""
+    if path != "lean":
+        monkeypatch.setattr(model, "lean_pass_supported", lambda: False)
+    if path == "split":
+        monkeypatch.setattr(model, "shared_head_input_grads_supported", lambda: False)
+
+
 @pytest.mark.parametrize("steps", [1, 3])
-def test_split_probe_path_matches_factored_path(steps: int, monkeypatch) -> None:
-    """Architectures without the LayerNorm shortcut read gradients from per-head probes;
-    both ways give the same scores."""
+@pytest.mark.parametrize("path", ["shared", "split"])
+def test_gradient_paths_agree(steps: int, path: str, monkeypatch) -> None:
+    """The hook-point paths (for architectures the lean pass does not cover) give the lean
+    pass's scores."""
     model, graph, engine, _, b = random_setup("random:small@6", n=4)
     ablated = engine.ablated_sources("resample", b.corrupted)
 
     def m(logits):
         return metrics.metric("logit_diff", logits, b)
 
-    fast = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
-    monkeypatch.setattr(model, "shared_head_input_grads_supported", lambda: False)
-    probed = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
-    torch.testing.assert_close(probed, fast, atol=1e-5, rtol=0)
-    assert fast.abs().max() > 1e-3
+    lean = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
+    use_gradient_path(model, path, monkeypatch)
+    other = engine.edge_gradients(b.clean, ablated, m, baseline=ablated[0], steps=steps)
+    torch.testing.assert_close(other, lean, atol=1e-5, rtol=0)
+    assert lean.abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("metric_name", ["logit_diff", "prob_diff", "nll"])
-@pytest.mark.parametrize("shared", [True, False])
-def test_eap_at_answer_positions_only_equals_full_logits(metric_name: str, shared: bool, monkeypatch) -> None:
+@pytest.mark.parametrize("path", ["lean", "shared", "split"])
+def test_eap_at_answer_positions_only_equals_full_logits(metric_name: str, path: str, monkeypatch) -> None:
     """The clean pass that unembeds only the answer positions gives the same scores as the one
-    that unembeds every position, on both gradient paths, for plain EAP and EAP-IG."""
+    that unembeds every position, on every gradient path, for plain EAP and EAP-IG."""
     model, graph, engine, _, b = random_setup("random:small@2", n=5, metric=metric_name)
-    if not shared:
-        monkeypatch.setattr(model, "shared_head_input_grads_supported", lambda: False)
+    use_gradient_path(model, path, monkeypatch)
     ablated = engine.ablated_sources("resample", b.corrupted)
 
     def full(logits):
