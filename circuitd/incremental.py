@@ -136,11 +136,11 @@ class IncrementalPass:
                 g.layer, flat[0]
             ).unsqueeze(0)
         heads = torch.arange(g.n_heads, device=dev)
-        x = flat.view(g.n_qkv, g.n_heads, *flat.shape[1:]).transpose(1, 2)  # [X, B, H, P, D]
+        x = flat.view(g.n_qkv, g.n_heads, *flat.shape[1:])  # [X, H, B, P, D]
         q, k, v = (self.model.head_project(g.layer, heads, w, x[w % g.n_qkv]) for w in range(3))
         self.qkv[g.layer] = torch.stack([q, k, v])
-        out = self.model.head_attend(g.layer, heads, q, k, v, self.visible_full)  # [B, H, P, D]
-        return self.graph.head_source(g.layer, 0) + heads, out.transpose(0, 1)
+        out = self.model.head_attend(g.layer, heads, q, k, v, self.visible_full)  # [H, B, P, D]
+        return self.graph.head_source(g.layer, 0) + heads, out
 
     # --- layout ---------------------------------------------------------------------------
     def _edges(self, g: DestGroup) -> torch.Tensor:
@@ -313,13 +313,13 @@ class IncrementalPass:
                     kept = kept[self.batch, :, self.answer_pos].unsqueeze(-2)
                 qkv.append(kept.unsqueeze(0))
                 continue
-            inp = inp.transpose(1, 2).unsqueeze(-2) if answer_query else inp.transpose(1, 2)
-            y = self.model.head_project(g.layer, hs, which, inp)  # [R, B, H', P or 1, E]
+            inp = inp.unsqueeze(-2) if answer_query else inp  # [R', H', B, P or 1, D]
+            y = self.model.head_project(g.layer, hs, which, inp)  # [R', B, H', P or 1, E]
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
         visible = self.visible_full if is_full else self.visible_ans
-        # [R, B, H', Q, D]: each head has a changed port, so at least one of q, k, v has R rows
-        out = self.model.head_attend(g.layer, hs, *qkv, visible).transpose(1, 2)  # [R, H', B, Q, D]
+        # each head has a changed port, so at least one of q, k, v has R rows
+        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [R, H', B, Q, D]
         nodes = self.graph.head_source(g.layer, 0) + hs
         self._record(rec, changes, nodes, out if is_full else out.squeeze(-2), is_full)
 
