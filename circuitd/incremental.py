@@ -250,14 +250,16 @@ class IncrementalPass:
         pfull = (pf & reads_full).nonzero().squeeze(1) if reads_full is not None else pf.nonzero()[:0, 0]
         pans = (~pf & reads_any).nonzero().squeeze(1)
         bpd = self.out.shape[1:]
+        # every change read in one product: [ports, changed nodes] @ [changed nodes, R, ...]
+        full = [(c.delta, w) for c, w in zip(readable, weights, strict=True) if c.delta is not None]
         new_full = _rows(self.port_in[gj], pfull).unsqueeze(0)
+        if full and pfull.numel():
+            add = _stack_rows([w[pfull] for _, w in full], [d for d, _ in full], dtype)
+            new_full = new_full + add.view(-1, r, *bpd).transpose(0, 1)
         new_ans = _rows(self.port_ans[gj], pans).unsqueeze(0)
-        for c, w in zip(readable, weights, strict=True):
-            if c.delta is not None and pfull.numel():
-                add = torch.einsum("pc,crn->rpn", w[pfull].to(dtype), c.delta.flatten(2))
-                new_full = new_full + add.view(r, -1, *bpd)
-            if pans.numel():
-                new_ans = new_ans + torch.einsum("pc,crbd->rpbd", w[pans].to(dtype), c.ans)
+        if pans.numel():
+            add = _stack_rows([w[pans] for w in weights], [c.ans for c in readable], dtype)
+            new_ans = new_ans + add.view(-1, r, *bpd[::2]).transpose(0, 1)
         new_full = new_full.expand(r, *new_full.shape[1:])
         new_ans = new_ans.expand(r, *new_ans.shape[1:])
         self._stage(rec, changes, modes, gj, pfull, new_full, pans, new_ans)
@@ -382,6 +384,13 @@ def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         lo = int(idx[0])
         return t[lo : lo + n]
     return t.index_select(0, idx)
+
+
+def _stack_rows(weights: list[torch.Tensor], values: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``sum_i weights_i [p, k_i] @ values_i [k_i, R, ...]`` as one product ``[p, R * ...]``."""
+    w = weights[0] if len(weights) == 1 else torch.cat(weights, 1)
+    v = values[0] if len(values) == 1 else torch.cat(values)
+    return w.to(dtype) @ v.reshape(v.shape[0], -1)
 
 
 def _assemble(
