@@ -301,22 +301,24 @@ class IncrementalPass:
         qkv = []
         for which in range(3):
             x = which if g.n_qkv == 3 else 0
-            want = x * h + hs
             answer_query = which == 0 and not is_full
-            if answer_query and g.n_qkv == 3:
-                inp, changed = _assemble(want, pans, new_ans, self.port_ans[gi])  # [R', H', B, D]
-            else:
-                inp, changed = _assemble(want, pfull, new_full, self.port_in[gi])  # [R', H', B, P, D]
-                if answer_query:  # one input for q, k and v: read it at the answer positions
-                    inp = self._at_answers(inp)
-            if not changed:  # the kept queries, keys or values
-                kept = self.qkv[g.layer][which][:, hs]  # [B, H', P, E]
-                if answer_query:
-                    kept = kept[self.batch, :, self.answer_pos].unsqueeze(-2)
+            own_answer_ports = answer_query and g.n_qkv == 3
+            ports, new = (pans, new_ans) if own_answer_ports else (pfull, new_full)
+            kept = self.qkv[g.layer][which][:, hs]  # [B, H', P, E]
+            if answer_query:
+                kept = kept[self.batch, :, self.answer_pos].unsqueeze(-2)  # [B, H', 1, E]
+            hit, rows = _match(x * h + hs, ports)
+            if not hit.numel():  # the kept queries, keys or values
                 qkv.append(kept.unsqueeze(0))
                 continue
-            inp = inp.unsqueeze(-2) if answer_query else inp  # [R', H', B, P or 1, D]
-            y = self.model.head_project(g.layer, hs, which, inp)  # [R', B, H', P or 1, E]
+            # only the heads whose input changed are projected; the rest keep theirs
+            inp = new.index_select(1, rows)  # [R, H'', B, P, D], or [R, H'', B, D] (answer ports)
+            if answer_query and not own_answer_ports:  # one input for q, k and v
+                inp = self._at_answers(inp)
+            inp = inp.unsqueeze(-2) if answer_query else inp
+            y = self.model.head_project(g.layer, hs[hit], which, inp)  # [R, B, H'', P or 1, E]
+            if hit.numel() < hs.numel():
+                y = kept.unsqueeze(0).repeat(y.shape[0], 1, 1, 1, 1).index_copy_(2, hit, y)
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
         visible = self.visible_full if is_full else self.visible_ans
@@ -393,23 +395,14 @@ def _stack_rows(weights: list[torch.Tensor], values: list[torch.Tensor], dtype: 
     return w.to(dtype) @ v.reshape(v.shape[0], -1)
 
 
-def _assemble(
-    want: torch.Tensor, ports: torch.Tensor, new: torch.Tensor, cached: torch.Tensor
-) -> tuple[torch.Tensor, bool]:
-    """Inputs of ports ``want`` ``[R', len(want), ...]``: the new values ``new [R, p, ...]``
-    of those in ``ports`` (sorted), the cached ``cached [all ports, ...]`` of the rest; and
-    whether any is new (if not, R' = 1)."""
-    base = _rows(cached, want).unsqueeze(0)
+def _match(want: torch.Tensor, ports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions in ``want`` of the ports that are in ``ports`` (sorted), and their rows
+    in ``ports``."""
     if not ports.numel():
-        return base, False
-    idx = torch.searchsorted(ports, want).clamp(max=ports.numel() - 1)
-    hit = ports[idx] == want
-    if not bool(hit.any()):
-        return base, False
-    out = base.repeat(new.shape[0], *([1] * (base.ndim - 1)))
-    at = hit.nonzero().squeeze(1)
-    out.index_copy_(1, at, new.index_select(1, idx.index_select(0, at)))
-    return out, True
+        return want[:0], want[:0]
+    rows = torch.searchsorted(ports, want).clamp(max=ports.numel() - 1)
+    hit = (ports.index_select(0, rows) == want).nonzero().squeeze(1)
+    return hit, rows.index_select(0, hit)
 
 
 __all__ = ["IncrementalPass", "Trial"]
