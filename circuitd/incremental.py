@@ -69,6 +69,22 @@ class _Change:
     delta: torch.Tensor | None
     ans: torch.Tensor
 
+    @property
+    def key(self) -> tuple[tuple[int, ...], bool]:
+        return tuple(self.nodes.tolist()), self.delta is not None
+
+
+@dataclass
+class _ReadPlan:
+    """How one stage reads a set of changes (fixed while trials run at one stage): the
+    full and answer ports that take changes, and the kept edges from the changed nodes
+    to them as weights ``[ports, changed nodes]`` (full changes only for full ports)."""
+
+    pfull: torch.Tensor
+    pans: torch.Tensor
+    w_full: torch.Tensor | None
+    w_ans: torch.Tensor | None
+
 
 class IncrementalPass:
     """The node values of the circuit ``keep`` on one batch of prompts.
@@ -111,6 +127,8 @@ class IncrementalPass:
         self.qkv: dict[int, torch.Tensor] = {}  # layer -> [3, B, H, P, E] queries, keys, values
         self.const = [self._bias_of(g) for g in graph.groups]
         self._modes_at: tuple[int, _Modes] | None = None
+        self._plans: dict[tuple, _ReadPlan | None] = {}  # for trials at stage _plans_at
+        self._plans_at = -1
         with torch.no_grad():
             for gi, g in enumerate(graph.groups):
                 k = self._edges(g).to(ablated.dtype)  # [ports, n_src]
@@ -219,51 +237,74 @@ class IncrementalPass:
                 self._stage(rec, changes, modes, gi, pfull, new_full, pans, new_ans)
                 final = self.final.expand(r, *self.final.shape)
                 for gj in range(gi + 1, len(graph.groups)):
-                    final = self._propagate(rec, changes, modes, gj, r, final)
+                    final = self._propagate(rec, changes, modes, gi, gj, r, final)
             rec.final = final
             rec.logits = self.model.logits_of(final)
         return rec
 
     def _propagate(
-        self, rec: Trial, changes: list[_Change], modes: _Modes, gj: int, r: int, final: torch.Tensor
+        self, rec: Trial, changes: list[_Change], modes: _Modes, gi: int, gj: int, r: int,
+        final: torch.Tensor,
     ) -> torch.Tensor:
         """Stage ``gj``'s ports that keep an edge from a changed node take the changes, and
         its nodes are recomputed; for the logits, the final residual stream changes."""
         g = self.graph.groups[gj]
-        kept = self._edges(g)
         readable = [c for c in changes if c.last < g.n_src]
-        weights = [kept[:, c.nodes] for c in readable]  # [ports, k] each
-        reads_full = reads_any = None
-        for c, w in zip(readable, weights, strict=True):
-            hit = w.any(1)
-            reads_any = hit if reads_any is None else reads_any | hit
-            if c.delta is not None:
-                reads_full = hit if reads_full is None else reads_full | hit
-        if reads_any is None or not bool(reads_any.any()):
+        plan = self._read_plan(gi, gj, readable, modes) if readable else None
+        if plan is None:
             return final
-        dtype = self.out.dtype
-        if g.kind == "logits":
-            for c, w in zip(readable, weights, strict=True):
-                final = final + torch.einsum("c,crbd->rbd", w[0].to(dtype), c.ans)
-            return final
-        pf = modes.port_full[gj]
-        pfull = (pf & reads_full).nonzero().squeeze(1) if reads_full is not None else pf.nonzero()[:0, 0]
-        pans = (~pf & reads_any).nonzero().squeeze(1)
         bpd = self.out.shape[1:]
+        if g.kind == "logits":
+            assert plan.w_ans is not None
+            return final + _mix(plan.w_ans, [c.ans for c in readable]).view(r, bpd[0], bpd[2])
         # every change read in one product: [ports, changed nodes] @ [changed nodes, R, ...]
-        full = [(c.delta, w) for c, w in zip(readable, weights, strict=True) if c.delta is not None]
-        new_full = _rows(self.port_in[gj], pfull).unsqueeze(0)
-        if full and pfull.numel():
-            add = _stack_rows([w[pfull] for _, w in full], [d for d, _ in full], dtype)
+        new_full = _rows(self.port_in[gj], plan.pfull).unsqueeze(0)
+        if plan.w_full is not None:
+            add = _mix(plan.w_full, [c.delta for c in readable if c.delta is not None])
             new_full = new_full + add.view(-1, r, *bpd).transpose(0, 1)
-        new_ans = _rows(self.port_ans[gj], pans).unsqueeze(0)
-        if pans.numel():
-            add = _stack_rows([w[pans] for w in weights], [c.ans for c in readable], dtype)
+        new_ans = _rows(self.port_ans[gj], plan.pans).unsqueeze(0)
+        if plan.w_ans is not None:
+            add = _mix(plan.w_ans, [c.ans for c in readable])
             new_ans = new_ans + add.view(-1, r, *bpd[::2]).transpose(0, 1)
         new_full = new_full.expand(r, *new_full.shape[1:])
         new_ans = new_ans.expand(r, *new_ans.shape[1:])
-        self._stage(rec, changes, modes, gj, pfull, new_full, pans, new_ans)
+        self._stage(rec, changes, modes, gj, plan.pfull, new_full, plan.pans, new_ans)
         return final
+
+    def _read_plan(self, gi: int, gj: int, readable: list[_Change], modes: _Modes) -> _ReadPlan | None:
+        """How stage ``gj`` reads the changes ``readable`` (None: it keeps no edge from
+        them), worked out once per set of changed nodes while trials run at stage ``gi``
+        (the edges into later stages do not change meanwhile)."""
+        if self._plans_at != gi:
+            self._plans.clear()
+            self._plans_at = gi
+        key = (gj, tuple(c.key for c in readable))
+        if key in self._plans:
+            return self._plans[key]
+        g = self.graph.groups[gj]
+        kept = self._edges(g)
+        weights = [kept[:, c.nodes] for c in readable]  # [ports, k] each
+        hits = [w.any(1) for w in weights]
+        reads_any = torch.stack(hits).any(0)
+        full_hits = [h for h, c in zip(hits, readable, strict=True) if c.delta is not None]
+        reads_full = torch.stack(full_hits).any(0) if full_hits else torch.zeros_like(reads_any)
+        plan = None
+        if bool(reads_any.any()):
+            dtype = self.out.dtype
+            both = torch.cat(weights, 1).to(dtype)  # [ports, changed nodes]
+            if g.kind == "logits":
+                plan = _ReadPlan(reads_any.nonzero()[:0, 0], reads_any.nonzero()[:, 0], None, both)
+            else:
+                pf = modes.port_full[gj]
+                pfull = (pf & reads_full).nonzero().squeeze(1)
+                pans = (~pf & reads_any).nonzero().squeeze(1)
+                w_full = None
+                if full_hits and pfull.numel():
+                    w_full = torch.cat([w for w, c in zip(weights, readable, strict=True)
+                                        if c.delta is not None], 1)[pfull].to(dtype)
+                plan = _ReadPlan(pfull, pans, w_full, both[pans] if pans.numel() else None)
+        self._plans[key] = plan
+        return plan
 
     def _stage(
         self, rec: Trial, changes: list[_Change], modes: _Modes, gi: int,
@@ -376,6 +417,7 @@ class IncrementalPass:
         new.port_in = [p.clone() for p in self.port_in]
         new.port_ans = [p.clone() for p in self.port_ans]
         new.qkv = {k: v.clone() for k, v in self.qkv.items()}
+        new._plans, new._plans_at = {}, -1  # plans read keep, which the copy has its own of
         return new
 
 
@@ -388,11 +430,11 @@ def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, idx)
 
 
-def _stack_rows(weights: list[torch.Tensor], values: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``sum_i weights_i [p, k_i] @ values_i [k_i, R, ...]`` as one product ``[p, R * ...]``."""
-    w = weights[0] if len(weights) == 1 else torch.cat(weights, 1)
+def _mix(weights: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
+    """``weights [p, k] @ values`` for the values ``[k_i, R, ...]`` stacked along k:
+    ``[p, R * ...]``."""
     v = values[0] if len(values) == 1 else torch.cat(values)
-    return w.to(dtype) @ v.reshape(v.shape[0], -1)
+    return weights @ v.reshape(v.shape[0], -1)
 
 
 def _match(want: torch.Tensor, ports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
