@@ -274,13 +274,26 @@ class _Branch:
     row: int = -1  # the last row of the current trial whose removals this branch took
     block_tests: int = 0  # tests and kept edges in the current block (for the span planner)
     block_keeps: int = 0
+    run_tests: int = 0  # and in the whole run so far (the prior for a new block)
+    run_keeps: int = 0
+
+    def p_keep(self) -> float:
+        """The chance that the next candidate is kept: the block's rate so far, shrunk
+        towards the run's (a prefiltered start keeps most of what it tests, a full one
+        little)."""
+        prior = (self.run_keeps + 1) / (self.run_tests + 2)
+        return (self.block_keeps + 2 * prior) / (self.block_tests + 2)
+
+    def count(self, tests: int, keeps: int) -> None:
+        self.block_tests, self.block_keeps = self.block_tests + tests, self.block_keeps + keeps
+        self.run_tests, self.run_keeps = self.run_tests + tests, self.run_keeps + keeps
 
     def split(self, n_low: int) -> _Branch:
         """A copy holding the ``n_low`` smallest taus, which leave this branch (its
         incremental states are the parent's until :meth:`_FastACDC.settle` copies them)."""
         low = _Branch(self.taus[:n_low], self.keep.clone(), self.effects.clone(), self.tested.clone(),
                       self.current, self.queue, self.pos, self.span, self.states, self.row,
-                      self.block_tests, self.block_keeps)
+                      self.block_tests, self.block_keeps, self.run_tests, self.run_keeps)
         self.taus = self.taus[n_low:]
         return low
 
@@ -468,20 +481,20 @@ class _FastACDC:
             if n_keep == len(br.taus):  # every tau keeps e: the later rows assumed it removed
                 br.pos += j + 1
                 br.span = max(1, 2 * (j + 1))
-                br.block_tests, br.block_keeps = br.block_tests + j + 1, br.block_keeps + 1
+                br.count(j + 1, 1)
                 return [br, *out]
             if n_keep:
                 low = br.split(n_keep)
                 low.pos += j + 1
                 low.span = max(1, 2 * (j + 1))
-                low.block_tests, low.block_keeps = low.block_tests + j + 1, low.block_keeps + 1
+                low.count(j + 1, 1)
                 out.append(low)
             br.keep[e] = False
             br.current = values[j]
             br.row = j
         br.pos += len(cand)
         br.span = 2 * br.span
-        br.block_tests += len(cand)
+        br.count(len(cand), 0)
         return [br, *out]
 
     def run(self) -> ACDCRun:
@@ -516,8 +529,8 @@ class _FastACDC:
                 for br in active:
                     span = share
                     if self.adaptive and self.incremental:
-                        p_keep = (br.block_keeps + 1) / (br.block_tests + 2)
-                        span = self.planner.span(self.group_of(br.queue[br.pos]), p_keep, share, br.span)
+                        stage = self.group_of(br.queue[br.pos])
+                        span = self.planner.span(stage, br.p_keep(), share, br.span)
                     elif self.adaptive:
                         span = min(share, br.span)
                     cand = br.queue[br.pos : br.pos + max(1, span)]
