@@ -68,10 +68,10 @@ class _Change:
     last: int  # the largest node index
     delta: torch.Tensor | None
     ans: torch.Tensor
+    key: tuple[tuple[int, ...], bool] = field(init=False)  # which nodes, full or not
 
-    @property
-    def key(self) -> tuple[tuple[int, ...], bool]:
-        return tuple(self.nodes.tolist()), self.delta is not None
+    def __post_init__(self) -> None:
+        self.key = (tuple(self.nodes.tolist()), self.delta is not None)
 
 
 @dataclass
@@ -284,25 +284,26 @@ class IncrementalPass:
         g = self.graph.groups[gj]
         kept = self._edges(g)
         weights = [kept[:, c.nodes] for c in readable]  # [ports, k] each
-        hits = [w.any(1) for w in weights]
-        reads_any = torch.stack(hits).any(0)
-        full_hits = [h for h, c in zip(hits, readable, strict=True) if c.delta is not None]
-        reads_full = torch.stack(full_hits).any(0) if full_hits else torch.zeros_like(reads_any)
+        both = torch.cat(weights, 1)  # [ports, changed nodes]
+        reads_any = both.any(1)
         plan = None
         if bool(reads_any.any()):
             dtype = self.out.dtype
-            both = torch.cat(weights, 1).to(dtype)  # [ports, changed nodes]
+            full = [w for w, c in zip(weights, readable, strict=True) if c.delta is not None]
+            w_full = torch.cat(full, 1) if full else None  # [ports, full changed nodes]
             if g.kind == "logits":
-                plan = _ReadPlan(reads_any.nonzero()[:0, 0], reads_any.nonzero()[:, 0], None, both)
+                no_ports = reads_any.nonzero()[:0, 0]  # the logits read the final stream only
+                plan = _ReadPlan(no_ports, no_ports, None, both.to(dtype))
             else:
                 pf = modes.port_full[gj]
+                reads_full = w_full.any(1) if w_full is not None else torch.zeros_like(reads_any)
                 pfull = (pf & reads_full).nonzero().squeeze(1)
                 pans = (~pf & reads_any).nonzero().squeeze(1)
-                w_full = None
-                if full_hits and pfull.numel():
-                    w_full = torch.cat([w for w, c in zip(weights, readable, strict=True)
-                                        if c.delta is not None], 1)[pfull].to(dtype)
-                plan = _ReadPlan(pfull, pans, w_full, both[pans] if pans.numel() else None)
+                plan = _ReadPlan(
+                    pfull, pans,
+                    w_full[pfull].to(dtype) if w_full is not None and pfull.numel() else None,
+                    both[pans].to(dtype) if pans.numel() else None,
+                )
         self._plans[key] = plan
         return plan
 

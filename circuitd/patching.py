@@ -441,13 +441,13 @@ class PatchingEngine:
         for i, k in enumerate((steps, *range(1, steps))):
             if lean:
                 grads = self._dest_grads_lean(tokens, metric_fn, k / steps, baseline, diff, answer_pos)
-            elif shared:
-                inputs = self._input_hooks(k / steps, baseline, diff)
-                with self.model.shared_head_inputs():
-                    grads = self._dest_grads_shared(tokens, metric_fn, inputs, answer_pos)
             else:
                 inputs = self._input_hooks(k / steps, baseline, diff)
-                grads = self._dest_grads_split(tokens, metric_fn, inputs, answer_pos)
+                if shared:
+                    with self.model.shared_head_inputs():
+                        grads = self._dest_grads_shared(tokens, metric_fn, inputs, answer_pos)
+                else:
+                    grads = self._dest_grads_split(tokens, metric_fn, inputs, answer_pos)
             if i == 0:  # after the clean step: the buffer becomes ablated - clean
                 torch.sub(ablated, diff, out=diff)
             self._contract(grads, diff, scores, workspace)

@@ -336,19 +336,18 @@ class ModelAdapter:
                 q, k = attn.apply_rotary(q), attn.apply_rotary(k)
             q, k, v = (t.transpose(1, 2).float() if low else t.transpose(1, 2) for t in (q, k, v))
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / attn.attn_scale)
-            z = z.to(x.dtype).permute(1, 0, 2, 3).reshape(h, b * p, e)
-            heads = torch.bmm(z, attn.W_O)  # [H, B*P, D]
+            heads = self.head_results(layer, z.to(x.dtype).transpose(1, 2))  # [H, B, P, D]
             if sources is not None:
-                sources[at : at + h].copy_(heads.detach().view(h, b, p, d))
+                sources[at : at + h].copy_(heads.detach())
             at += h
-            attn_out = heads.sum(0).view(b, p, d) + attn.b_O
+            attn_out = heads.sum(0) + attn.b_O
             if cfg.attn_only:
                 x = x + attn_out
                 continue
             resid_mid = x if cfg.parallel_attn_mlp else x + attn_out
             mlp_in = resid_mid.clone()  # its own node: the gradient of the MLP's path only
             out.mlp_in.append(mlp_in)
-            mlp_out = block.apply_mlp(block.ln2(mlp_in))
+            mlp_out = self.mlp_output(layer, mlp_in)
             if sources is not None:
                 sources[at].copy_(mlp_out.detach())
             at += 1
