@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
 from circuitd.spec import JobSpec, spec_error_line
-from circuitd.store import Store, get_store, worker_id
+from circuitd.store import JobStatus, Store, get_store, worker_id
 from graphs import to_node_link
 
 log = logging.getLogger("circuitd.worker")
@@ -67,6 +68,29 @@ class Heartbeat:
 
     def should_stop(self) -> bool:
         return self.cancel.is_set() or self.lost.is_set()
+
+
+class SoftDeadlinePassed(Exception):
+    """The job's own clock passed the soft time limit.
+
+    Celery's soft limit is one signal, raised wherever the job happens to be; code that
+    must not end the job on a failure (the progress write, a heartbeat) can swallow it.
+    The runner therefore also checks the limit itself between batches.
+    """
+
+
+def deadline_check(should_stop: Callable[[], bool], limit_s: float | None) -> Callable[[], bool]:
+    """``should_stop`` that also raises ``SoftDeadlinePassed`` once ``limit_s`` has gone by."""
+    if not limit_s:
+        return should_stop
+    deadline = time.monotonic() + limit_s
+
+    def check() -> bool:
+        if time.monotonic() > deadline:
+            raise SoftDeadlinePassed(f"soft time limit of {limit_s:g} s passed")
+        return should_stop()
+
+    return check
 
 
 def one_line(exc: BaseException) -> str:
@@ -120,14 +144,45 @@ def execute(
     soft_limit_s: float | None = None,
 ) -> str:
     """Run the job if this delivery should; returns what happened (``succeeded``, ``done``, ...)."""
+    store = store or get_store()
+    worker = worker or worker_id()
+    try:
+        return _execute(job_id, store, worker, discover, soft_limit_errors, soft_limit_s)
+    except soft_limit_errors:  # the signal landed outside the job's own handling: importing, claiming
+        return _fail_out_of_time(store, job_id, worker, time_limit_message(soft_limit_s))
+
+
+def time_limit_message(soft_limit_s: float | None) -> str:
+    limit = soft_limit_s or get_settings().job_soft_time_limit
+    return f"time limit: the job ran longer than {limit:g} s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+
+
+def _fail_out_of_time(store: Store, job_id: str, worker: str, message: str) -> str:
+    """Fail a job whose time ran out before it was claimed or while its result was stored."""
+    job = store.get_job(job_id)
+    if job is None or job.status not in (JobStatus.queued, JobStatus.running):
+        return "done"
+    if job.status == JobStatus.queued:
+        claim = store.claim(job_id, worker)  # compare-and-set: another worker may have it by now
+        if claim.action != "run":
+            return claim.action
+    return "failed" if store.fail(job_id, worker, message) else "lost"
+
+
+def _execute(
+    job_id: str,
+    store: Store,
+    worker: str,
+    discover: Callable[..., Any] | None,
+    soft_limit_errors: tuple[type[BaseException], ...],
+    soft_limit_s: float | None,
+) -> str:
     from circuitd.methods.base import Cancelled  # imports torch: only in the worker
 
     if discover is None:  # imported before the claim: the heartbeat must start right after it
         from circuitd.discover import discover
 
         _set_torch_threads()
-    store = store or get_store()
-    worker = worker or worker_id()
     settings = get_settings()
     claim = store.claim(job_id, worker)
     if claim.action != "run":
@@ -144,13 +199,16 @@ def execute(
     def progress(fraction: float, stage: str) -> None:
         try:
             store.update_progress(job_id, worker, fraction, stage)
+        except soft_limit_errors:  # the time limit's signal may land here: it still ends the job
+            raise
         except Exception:  # progress is advisory
             log.warning("progress of job %s not written", job_id, exc_info=True)
 
     with Heartbeat(store, job_id, worker, settings.heartbeat_s) as beat:
         beat.beat()  # a cancel that came in while the job was being claimed stops it at once
         try:
-            result = discover(spec, progress=progress, should_stop=beat.should_stop)
+            should_stop = deadline_check(beat.should_stop, soft_limit_s)
+            result = discover(spec, progress=progress, should_stop=should_stop)
             graph = to_node_link(result.full_graph)
             if store.finish(job_id, worker, summary_of(result.metrics), graph):
                 return "succeeded"
@@ -161,10 +219,8 @@ def execute(
                 return "lost"
             store.mark_cancelled(job_id, worker)
             return "cancelled"
-        except soft_limit_errors:
-            limit = soft_limit_s or settings.job_soft_time_limit
-            msg = f"time limit: the job ran longer than {limit:g} s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
-            store.fail(job_id, worker, msg)
+        except (*soft_limit_errors, SoftDeadlinePassed):
+            store.fail(job_id, worker, time_limit_message(soft_limit_s))
             return "failed"
         except (CircuitdError, ValueError) as exc:  # errors a user can act on, as the CLI treats them
             store.fail(job_id, worker, one_line(exc))

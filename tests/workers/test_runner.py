@@ -131,6 +131,48 @@ def test_a_worker_that_lost_its_job_drops_its_result(store: Store, monkeypatch: 
         get_settings.cache_clear()
 
 
+class _SignalInProgressWrite(Store):
+    """A real store on which Celery's soft-limit signal lands during the progress write."""
+
+    def update_progress(self, *args: Any, **kwargs: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+
+class _SignalInFirstClaim(Store):
+    """A real store on which the signal lands while the job is claimed (the delivery was slow to start)."""
+
+    signalled = False
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.signalled:
+            self.signalled = True
+            raise SoftTimeLimitExceeded()
+        return super().claim(*args, **kwargs)
+
+
+@pytest.mark.parametrize("store_class", [_SignalInProgressWrite, _SignalInFirstClaim])
+def test_soft_time_limit_signal_anywhere_ends_the_job(tmp_path, store_class: type[Store]) -> None:
+    store = store_class(f"sqlite:///{tmp_path / 'store.db'}")
+    job_id = _job(store)
+    assert execute(job_id, store, worker="w", discover=_slow(20),
+                   soft_limit_errors=(SoftTimeLimitExceeded,), soft_limit_s=2) == "failed"
+    job = store.get_job(job_id)
+    assert job.status == "failed" and job.attempts == 1
+    assert job.error == "time limit: the job ran longer than 2 s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+    assert execute(job_id, store, worker="w") == "done"
+
+
+def test_soft_time_limit_holds_when_its_signal_was_swallowed(store: Store) -> None:
+    """No signal at all (as if some library caught it): the runner's own clock ends the job."""
+    job_id = _job(store)
+    start = time.monotonic()
+    assert execute(job_id, store, worker="w", discover=_slow(20),
+                   soft_limit_errors=(SoftTimeLimitExceeded,), soft_limit_s=0.5) == "failed"
+    assert 0.5 <= time.monotonic() - start < 5
+    error = store.get_job(job_id).error
+    assert error == "time limit: the job ran longer than 0.5 s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+
+
 def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from celery.exceptions import TimeLimitExceeded
 
