@@ -36,16 +36,20 @@ from circuitd.models.adapter import ModelAdapter
 
 @dataclass
 class Trial:
-    """New values of R circuits that differ from the kept one in one stage's edges."""
+    """New values of R circuits that differ from the kept one in one stage's edges.
 
-    # (stage, ports, new inputs): full ports [R, p, B, P, D], answer ports [R, p, B, D]
+    Every tensor here is node- or port-major, the R circuits second: a stage reads the
+    rows of the nodes that changed, and a head's projections run over all its circuits,
+    prompts and positions in one product, with no tensor copied into another layout."""
+
+    # (stage, ports, new inputs): full ports [p, R, B, P, D], answer ports [p, R, B, D]
     ports_full: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     ports_ans: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # (nodes, new outputs): full nodes [R, k, B, P, D], answer nodes [R, k, B, D]
+    # (nodes, new outputs): full nodes [k, R, B, P, D], answer nodes [k, R, B, D]
     nodes_full: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     nodes_ans: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # (layer, heads, 0/1/2 for queries/keys/values, new [R, B, H', P, E]; answer queries
-    # [R, B, H', 1, E])
+    # (layer, heads, 0/1/2 for queries/keys/values, new [H', R, B, P, E]; answer queries
+    # [H', R, B, 1, E])
     qkv: list[tuple[int, torch.Tensor, int, torch.Tensor]] = field(default_factory=list)
     final: torch.Tensor | None = None  # [R, B, D]
     logits: torch.Tensor | None = None  # [R, B, V] at the answer positions
@@ -117,14 +121,14 @@ class IncrementalPass:
         self.answer_flat = self.batch * p + self.answer_pos  # into a flattened [B * P] axis
         self.visible_full = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
         seen = torch.arange(p, device=dev)[None, :] <= self.answer_pos[:, None]
-        self.visible_ans = seen[:, None, None, :]  # [B, 1, 1, P]: keys an answer query sees
+        self.visible_ans = seen[:, None, :]  # [B, 1, P]: keys an answer query sees
         self.ablated = ablated
         self.abl_ans = self._at_answers(ablated)
         self.out = torch.empty_like(ablated)
         self.out[0] = inputs
         self.port_in: list[torch.Tensor] = []
         self.port_ans: list[torch.Tensor] = []
-        self.qkv: dict[int, torch.Tensor] = {}  # layer -> [3, B, H, P, E] queries, keys, values
+        self.qkv: dict[int, torch.Tensor] = {}  # layer -> [3, H, B, P, E] queries, keys, values
         self.const = [self._bias_of(g) for g in graph.groups]
         self._modes_at: tuple[int, _Modes] | None = None
         self._plans: dict[tuple, _ReadPlan | None] = {}  # for trials at stage _plans_at
@@ -221,7 +225,6 @@ class IncrementalPass:
         rec, changes = Trial(), []
         touched = removed.any(0)
         srcs = touched.any(0).nonzero().squeeze(1)
-        bpd = self.out.shape[1:]
         with torch.no_grad():
             coef = removed[:, :, srcs].to(self.out.dtype)  # [R, ports, s]
             if g.kind == "logits":
@@ -230,10 +233,8 @@ class IncrementalPass:
                 ports = touched.any(1).nonzero().squeeze(1)
                 pf = modes.port_full[gi][ports]
                 pfull, pans = ports[pf], ports[~pf]
-                add = torch.einsum("rps,sn->rpn", coef[:, pfull], _rows(self.diff, srcs).flatten(1))
-                new_full = _rows(self.port_in[gi], pfull) + add.view(r, -1, *bpd)
-                add = torch.einsum("rps,sn->rpn", coef[:, pans], _rows(self.diff_ans, srcs).flatten(1))
-                new_ans = _rows(self.port_ans[gi], pans) + add.view(r, -1, bpd[0], bpd[2])
+                new_full = _port_inputs(self.port_in[gi], pfull, coef[:, pfull], _rows(self.diff, srcs))
+                new_ans = _port_inputs(self.port_ans[gi], pans, coef[:, pans], _rows(self.diff_ans, srcs))
                 self._stage(rec, changes, modes, gi, pfull, new_full, pans, new_ans)
                 final = self.final.expand(r, *self.final.shape)
                 for gj in range(gi + 1, len(graph.groups)):
@@ -253,21 +254,19 @@ class IncrementalPass:
         plan = self._read_plan(gi, gj, readable, modes) if readable else None
         if plan is None:
             return final
-        bpd = self.out.shape[1:]
         if g.kind == "logits":
             assert plan.w_ans is not None
-            return final + _mix(plan.w_ans, [c.ans for c in readable]).view(r, bpd[0], bpd[2])
+            return final + _mix(plan.w_ans, [c.ans for c in readable])[0]
         # every change read in one product: [ports, changed nodes] @ [changed nodes, R, ...]
-        new_full = _rows(self.port_in[gj], plan.pfull).unsqueeze(0)
+        # (a port with no new value has no weights: w_full None means pfull is empty)
+        new_full = self.port_in[gj][:0, None].expand(0, r, *self.out.shape[1:])
         if plan.w_full is not None:
-            add = _mix(plan.w_full, [c.delta for c in readable if c.delta is not None])
-            new_full = new_full + add.view(-1, r, *bpd).transpose(0, 1)
-        new_ans = _rows(self.port_ans[gj], plan.pans).unsqueeze(0)
+            new_full = _mix(plan.w_full, [c.delta for c in readable if c.delta is not None])
+            new_full += _rows(self.port_in[gj], plan.pfull).unsqueeze(1)
+        new_ans = self.port_ans[gj][:0, None].expand(0, r, *self.port_ans[gj].shape[1:])
         if plan.w_ans is not None:
-            add = _mix(plan.w_ans, [c.ans for c in readable])
-            new_ans = new_ans + add.view(-1, r, *bpd[::2]).transpose(0, 1)
-        new_full = new_full.expand(r, *new_full.shape[1:])
-        new_ans = new_ans.expand(r, *new_ans.shape[1:])
+            new_ans = _mix(plan.w_ans, [c.ans for c in readable])
+            new_ans += _rows(self.port_ans[gj], plan.pans).unsqueeze(1)
         self._stage(rec, changes, modes, gj, plan.pfull, new_full, plan.pans, new_ans)
         return final
 
@@ -312,18 +311,18 @@ class IncrementalPass:
         pfull: torch.Tensor, new_full: torch.Tensor, pans: torch.Tensor, new_ans: torch.Tensor,
     ) -> None:
         """Recompute the nodes of stage ``gi`` that own the ports with new inputs (full
-        ports ``pfull`` with ``new_full [R, p, B, P, D]``, answer ports ``pans`` with
-        ``new_ans [R, p, B, D]``) and record everything in ``rec`` and ``changes``."""
+        ports ``pfull`` with ``new_full [p, R, B, P, D]``, answer ports ``pans`` with
+        ``new_ans [p, R, B, D]``) and record everything in ``rec`` and ``changes``."""
         g = self.graph.groups[gi]
         rec.ports_full.append((gi, pfull, new_full))
         rec.ports_ans.append((gi, pans, new_ans))
         if g.kind == "mlp":
             node = torch.tensor([self.graph.mlp_source(g.layer)], device=pfull.device)
             if pfull.numel():
-                out = self.model.mlp_output(g.layer, new_full[:, 0])
+                out = self.model.mlp_output(g.layer, new_full[0])
             else:
-                out = self.model.mlp_output(g.layer, new_ans[:, 0].unsqueeze(-2)).squeeze(-2)
-            self._record(rec, changes, node, out.unsqueeze(1), bool(pfull.numel()))
+                out = self.model.mlp_output(g.layer, new_ans[0].unsqueeze(-2)).squeeze(-2)
+            self._record(rec, changes, node, out.unsqueeze(0), bool(pfull.numel()))
             return
         h = g.n_heads
         heads = torch.unique(torch.cat([pfull, pans]) % h)
@@ -346,64 +345,67 @@ class IncrementalPass:
             answer_query = which == 0 and not is_full
             own_answer_ports = answer_query and g.n_qkv == 3
             ports, new = (pans, new_ans) if own_answer_ports else (pfull, new_full)
-            kept = self.qkv[g.layer][which][:, hs]  # [B, H', P, E]
+            kept = self.qkv[g.layer][which].index_select(0, hs)  # [H', B, P, E]
             if answer_query:
-                kept = kept[self.batch, :, self.answer_pos].unsqueeze(-2)  # [B, H', 1, E]
+                kept = kept[:, self.batch, self.answer_pos].unsqueeze(-2)  # [H', B, 1, E]
+            kept = kept.unsqueeze(1)  # one circuit: [H', 1, B, P or 1, E]
             hit, rows = _match(x * h + hs, ports)
             if not hit.numel():  # the kept queries, keys or values
-                qkv.append(kept.unsqueeze(0))
+                qkv.append(kept)
                 continue
             # only the heads whose input changed are projected; the rest keep theirs
-            inp = new.index_select(1, rows)  # [R, H'', B, P, D], or [R, H'', B, D] (answer ports)
+            inp = _rows(new, rows)  # [H'', R, B, P, D], or [H'', R, B, D] (answer ports)
             if answer_query and not own_answer_ports:  # one input for q, k and v
                 inp = self._at_answers(inp)
             inp = inp.unsqueeze(-2) if answer_query else inp
-            y = self.model.head_project(g.layer, hs[hit], which, inp)  # [R, B, H'', P or 1, E]
+            y = self.model.head_project(g.layer, hs[hit], which, inp)  # [H'', R, B, P or 1, E]
             if hit.numel() < hs.numel():
-                y = kept.unsqueeze(0).repeat(y.shape[0], 1, 1, 1, 1).index_copy_(2, hit, y)
+                y = kept.repeat(1, y.shape[1], 1, 1, 1).index_copy_(0, hit, y)
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
         visible = self.visible_full if is_full else self.visible_ans
         # each head has a changed port, so at least one of q, k, v has R rows
-        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [R, H', B, Q, D]
+        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [H', R, B, Q, D]
         nodes = self.graph.head_source(g.layer, 0) + hs
         self._record(rec, changes, nodes, out if is_full else out.squeeze(-2), is_full)
 
     def _record(
         self, rec: Trial, changes: list[_Change], nodes: torch.Tensor, new: torch.Tensor, full: bool
     ) -> None:
+        """Nodes ``nodes`` with new outputs ``new [k, R, B, P, D]`` (full) or ``[k, R, B, D]``."""
         last = int(nodes[-1])
         if full:
             rec.nodes_full.append((nodes, new))
-            delta = (new - _rows(self.out, nodes)).transpose(0, 1)
+            delta = new - _rows(self.out, nodes).unsqueeze(1)
             changes.append(_Change(nodes, last, delta, self._at_answers(delta)))
         else:
             rec.nodes_ans.append((nodes, new))
-            changes.append(_Change(nodes, last, None, (new - _rows(self.out_ans, nodes)).transpose(0, 1)))
+            changes.append(_Change(nodes, last, None, new - _rows(self.out_ans, nodes).unsqueeze(1)))
 
     def commit(self, rec: Trial, row: int) -> None:
         """Make circuit ``row`` of a trial the kept one (the caller removes its edges from
         ``keep``)."""
         for gi, ports, new in rec.ports_full:
-            self.port_in[gi].index_copy_(0, ports, new[row])
-            self.port_ans[gi].index_copy_(0, ports, self._at_answers(new[row]))
+            self.port_in[gi].index_copy_(0, ports, new[:, row])
+            self.port_ans[gi].index_copy_(0, ports, self._at_answers(new[:, row]))
         for gi, ports, new in rec.ports_ans:
-            self.port_ans[gi].index_copy_(0, ports, new[row])
+            self.port_ans[gi].index_copy_(0, ports, new[:, row])
         for nodes, new in rec.nodes_full:
-            new_ans = self._at_answers(new[row])
-            self.out.index_copy_(0, nodes, new[row])
-            self.diff.index_copy_(0, nodes, _rows(self.ablated, nodes) - new[row])
+            new_row = new[:, row]
+            new_ans = self._at_answers(new_row)
+            self.out.index_copy_(0, nodes, new_row)
+            self.diff.index_copy_(0, nodes, _rows(self.ablated, nodes) - new_row)
             self.out_ans.index_copy_(0, nodes, new_ans)
             self.diff_ans.index_copy_(0, nodes, _rows(self.abl_ans, nodes) - new_ans)
         for nodes, new in rec.nodes_ans:
-            self.out_ans.index_copy_(0, nodes, new[row])
-            self.diff_ans.index_copy_(0, nodes, _rows(self.abl_ans, nodes) - new[row])
+            self.out_ans.index_copy_(0, nodes, new[:, row])
+            self.diff_ans.index_copy_(0, nodes, _rows(self.abl_ans, nodes) - new[:, row])
         for layer, hs, which, new in rec.qkv:
-            kept = self.qkv[layer][which]  # [B, H, P, E]
+            kept = self.qkv[layer][which]  # [H, B, P, E]
             if new.shape[-2] == 1 < kept.shape[-2]:  # answer queries
-                kept[self.batch[:, None], hs[None, :], self.answer_pos[:, None]] = new[row, :, :, 0]
+                kept[hs[:, None], self.batch[None, :], self.answer_pos[None, :]] = new[:, row, :, 0]
             else:
-                kept[:, hs] = new[row]
+                kept.index_copy_(0, hs, new[:, row])
         assert rec.final is not None
         self.final = rec.final[row].clone()
 
@@ -433,9 +435,20 @@ def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _mix(weights: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
     """``weights [p, k] @ values`` for the values ``[k_i, R, ...]`` stacked along k:
-    ``[p, R * ...]``."""
+    ``[p, R, ...]``."""
     v = values[0] if len(values) == 1 else torch.cat(values)
-    return weights @ v.reshape(v.shape[0], -1)
+    return (weights @ v.reshape(v.shape[0], -1)).view(weights.shape[0], *v.shape[1:])
+
+
+def _port_inputs(
+    base: torch.Tensor, ports: torch.Tensor, coef: torch.Tensor, diff: torch.Tensor
+) -> torch.Tensor:
+    """New inputs ``[p, R, ...]`` of ``ports`` (their kept inputs ``base[ports]``) when
+    circuit r swaps sources for their ablated values with ``coef [R, p, s]`` (0/1) and
+    ``diff [s, ...]`` (ablated - kept)."""
+    r, p, s = coef.shape
+    add = (coef.transpose(0, 1).reshape(p * r, s) @ diff.reshape(s, -1)).view(p, r, *diff.shape[1:])
+    return add.add_(_rows(base, ports).unsqueeze(1))
 
 
 def _match(want: torch.Tensor, ports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -273,21 +273,22 @@ class ModelAdapter:
         return self.model(tokens, stop_at_layer=0)
 
     def head_project(self, layer: int, heads: torch.Tensor, which: int, x: torch.Tensor) -> torch.Tensor:
-        """Queries, keys or values (``which`` 0, 1, 2) ``[..., B, H', P, E]`` of the heads
-        ``heads`` of ``layer`` from their residual inputs ``[..., H', B, P, D]``: the block's
+        """Queries, keys or values (``which`` 0, 1, 2) ``[H', ..., P, E]`` of the heads
+        ``heads`` of ``layer`` from their residual inputs ``[H', ..., P, D]``: the block's
         first LayerNorm, the projection and its bias, rotary positions for queries and keys
-        (positions 0..P-1). Head-major inputs make one product per head over every prompt
-        and position (batch-major ones made one per prompt, several times slower)."""
+        (positions 0..P-1). Head-major, so that each head is one product over every circuit,
+        prompt and position, and no operand is copied into another layout."""
         block = self.model.blocks[layer]
         attn = block.attn
-        w = (attn.W_Q, attn.W_K, attn.W_V)[which][heads]  # [H', D, E]
-        b = (attn.b_Q, attn.b_K, attn.b_V)[which][heads]  # [H', E]
-        *lead, h, n_b, p, d = x.shape
-        y = block.ln1(x).reshape(*lead, h, n_b * p, d) @ w + b[:, None, :]  # [..., H', B*P, E]
-        y = y.view(*lead, h, n_b, p, -1).transpose(-4, -3)  # [..., B, H', P, E]
+        w = (attn.W_Q, attn.W_K, attn.W_V)[which].index_select(0, heads)  # [H', D, E]
+        b = (attn.b_Q, attn.b_K, attn.b_V)[which].index_select(0, heads)  # [H', E]
+        h, d = x.shape[0], x.shape[-1]
+        y = torch.baddbmm(b[:, None, :], block.ln1(x).reshape(h, -1, d), w)  # [H', N, E]
+        y = y.view(*x.shape[:-1], -1)
         if which < 2 and self.rotary():
-            flat = y.reshape(-1, *y.shape[-3:]).transpose(1, 2)  # [N, P, H', E]
-            y = attn.apply_rotary(flat).transpose(1, 2).reshape(y.shape)
+            p, e = y.shape[-2], y.shape[-1]
+            flat = y.reshape(h, -1, p, e).permute(1, 2, 0, 3)  # [N, P, H', E] as TransformerLens has it
+            y = attn.apply_rotary(flat).permute(2, 0, 1, 3).reshape(y.shape)
         return y
 
     # The unpatched pass by node math (EAP's passes and source values).
@@ -376,17 +377,17 @@ class ModelAdapter:
         self, layer: int, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         visible: torch.Tensor,
     ) -> torch.Tensor:
-        """Head outputs ``[..., H', B, Q, D]`` (no ``b_O``) from queries ``[..., B, H', Q, E]``
-        and keys and values ``[..., B, H', P, E]`` (broadcast), where query i sees key j when
+        """Head outputs ``[H', ..., Q, D]`` (no ``b_O``) from queries ``[H', ..., Q, E]``
+        and keys and values ``[H', ..., P, E]`` (broadcast), where query i sees key j when
         ``visible[..., i, j]`` (broadcast; the causal mask). The output projection is one
-        product per head over every prompt and query."""
+        product per head over everything else."""
         attn = self.model.blocks[layer].attn
         if self.model.cfg.dtype not in (torch.float32, torch.float64):
             q, k = q.float(), k.float()
         scores = (q @ k.transpose(-1, -2) / attn.attn_scale).masked_fill(~visible, float("-inf"))
-        z = (scores.softmax(-1).to(v.dtype) @ v).transpose(-4, -3)  # [..., H', B, Q, E]
-        *lead, h, n_b, n_q, e = z.shape
-        return (z.reshape(*lead, h, n_b * n_q, e) @ attn.W_O[heads]).view(*lead, h, n_b, n_q, -1)
+        z = scores.softmax(-1).to(v.dtype) @ v  # [H', ..., Q, E]
+        h, e = z.shape[0], z.shape[-1]
+        return torch.bmm(z.reshape(h, -1, e), attn.W_O.index_select(0, heads)).view(*z.shape[:-1], -1)
 
     def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP output of ``layer`` (``hook_mlp_out``) for its input ``resid [..., P, D]``."""
