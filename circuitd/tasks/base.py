@@ -10,7 +10,7 @@ that encodes to exactly one token, or an id) or a list of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -87,6 +87,13 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.clean)
+
+    def head(self, n: int) -> Task:
+        """The first ``n`` prompts."""
+        return replace(
+            self, clean=self.clean[:n], corrupted=self.corrupted[:n], correct=self.correct[:n],
+            incorrect=self.incorrect[:n], answer_pos=self.answer_pos[:n],
+        )
 
 
 def prompt_ids(

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from circuitd.edges import EdgeGraph
+from circuitd.methods import acdc as acdc_module
 from circuitd.methods.acdc import (
     acdc_fast,
     acdc_reference,
     drop_inputless,
     prefilter,
+    removals,
     run_acdc,
     visit_order,
 )
@@ -139,6 +141,47 @@ def test_fast_matches_reference_on_zoo_synth_ioi() -> None:
         _assert_same(ref, sweep, i)
         assert 0 < int(ref.keep.sum()) < 0.1 * ctx.graph.n_edges
         assert int(ref.tested.sum()) < ctx.graph.n_edges / 2  # dead nodes were skipped
+
+
+def test_rows_follow_the_predictions() -> None:
+    # row j removes candidate j and the earlier ones predicted removed
+    got = removals([True, False, True, False])
+    assert got.tolist() == [
+        [True, False, False, False],
+        [False, True, False, False],
+        [False, True, True, False],
+        [False, True, False, True],
+    ]
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_any_predictions_give_the_reference_decisions(incremental: bool, monkeypatch) -> None:
+    """Predictions only decide how rows are built: coin-flip ones, right and wrong in both
+    directions and across the taus of a sweep, change no decision."""
+    ctx = _ctx("random:tiny@6", "kl", "resample", n=6)
+    taus = [0.03, 0.001, 0.01, 0.003]
+    refs = [acdc_reference(ctx, t) for t in taus]
+    gen = torch.Generator().manual_seed(3)
+
+    def coin_flips(self, edges: list[int], prior: float) -> list[float]:
+        return torch.rand(len(edges), generator=gen, dtype=torch.float64).tolist()
+
+    monkeypatch.setattr(acdc_module._KeepModel, "p_keep", coin_flips)
+    for rows in (3, 7):
+        sweep = acdc_fast(ctx, taus, rows=rows, incremental=incremental)
+        for i, ref in enumerate(refs):
+            _assert_same(ref, sweep, i)
+
+
+def test_predictions_save_rows_on_zoo_synth() -> None:
+    ctx = _ctx("zoo:synth", "kl", n=8, dtype="float32")
+    plain = acdc_fast(ctx, 0.01, rows=8, predict=False)
+    predicted = acdc_fast(ctx, 0.01, rows=8)
+    assert torch.equal(plain.keep, predicted.keep)
+    assert predicted.extra["prediction_seconds"] > 0
+    tests = int(plain.tested.sum())
+    # rows beyond one per test: the ones thrown away after a wrong guess
+    assert predicted.evaluations - tests < 0.85 * (plain.evaluations - tests)  # 286 against 356
 
 
 # --- a model whose circuit is known ---------------------------------------------------------
