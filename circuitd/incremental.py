@@ -13,7 +13,16 @@ A *stage* is one destination group of the edge graph (the heads of a layer, an M
 logits); its *ports* are the group's destination inputs in the group's edge layout
 (``[qkv, head]`` for attention), so the edges into a stage are ``[ports, sources]``.
 
-Positions. The metric reads the logits at the answer positions only. A node whose kept
+Positions. Changes happen at *live* positions only: from each prompt's first position
+whose ablated values may differ from the clean ones (``clean_prefix``: under resample
+ablation, where the corrupted prompt first differs; the model is causal, so every
+source's corrupted value before it is the clean one) up to its answer position (nothing
+after it reaches the metric). Trials compute full nodes at the live positions alone,
+packed into one token axis ``T``; keys and values keep the whole grid ``[B, P]``, the
+unchanged ones from the kept circuit. Rotary models keep every position (their
+projections need the grid).
+
+The metric reads the logits at the answer positions only. A node whose kept
 edges reach the logits only through MLPs and head queries is needed at the answer
 positions only (an *answer node*; every other node is a *full node*): keys and values
 need every position, queries and MLPs only the positions asked of them. Trials compute
@@ -42,10 +51,10 @@ class Trial:
     rows of the nodes that changed, and a head's projections run over all its circuits,
     prompts and positions in one product, with no tensor copied into another layout."""
 
-    # (stage, ports, new inputs): full ports [p, R, B, P, D], answer ports [p, R, B, D]
+    # (stage, ports, new inputs): full ports [p, R, T, D] (live positions), answer ports [p, R, B, D]
     ports_full: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     ports_ans: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # (nodes, new outputs): full nodes [k, R, B, P, D], answer nodes [k, R, B, D]
+    # (nodes, new outputs): full nodes [k, R, T, D], answer nodes [k, R, B, D]
     nodes_full: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     nodes_ans: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     # (layer, heads, 0/1/2 for queries/keys/values, new [H', R, B, P, E]; answer queries
@@ -65,8 +74,8 @@ class _Modes:
 
 @dataclass
 class _Change:
-    """Nodes of one stage recomputed in a trial: their change, at every position for full
-    nodes (``delta [k, R, B, P, D]``), and at the answer positions (``ans [k, R, B, D]``)."""
+    """Nodes of one stage recomputed in a trial: their change, at the live positions for
+    full nodes (``delta [k, R, T, D]``), and at the answer positions (``ans [k, R, B, D]``)."""
 
     nodes: torch.Tensor
     last: int  # the largest node index
@@ -106,9 +115,12 @@ class IncrementalPass:
         ablated: torch.Tensor,
         answer_pos: torch.Tensor,
         keep: torch.Tensor,
+        clean_prefix: torch.Tensor | None = None,
     ):
         """``inputs [B, P, D]``: the clean input source; ``ablated [S, B, P, D]``: every
-        source's ablated value; ``answer_pos [B]``."""
+        source's ablated value; ``answer_pos [B]``; ``clean_prefix [B]``: how many leading
+        positions of each prompt have every source's ablated value equal to its clean one
+        (None: none)."""
         if not model.node_math_supported():
             raise ValueError(f"{model.model_id}: incremental passes do not support this architecture")
         self.model = model
@@ -122,8 +134,14 @@ class IncrementalPass:
         self.visible_full = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
         seen = torch.arange(p, device=dev)[None, :] <= self.answer_pos[:, None]
         self.visible_ans = seen[:, None, :]  # [B, 1, P]: keys an answer query sees
-        self.ablated = ablated
-        self.abl_ans = self._at_answers(ablated)
+        prefix = torch.zeros(b, dtype=torch.long) if clean_prefix is None else clean_prefix
+        unchanged = torch.arange(p, device=dev)[None, :] < prefix.to(dev)[:, None]  # [B, P]
+        self.grid = model.rotary()  # rotary projections need every position
+        self.grid_shape = (b, p)
+        live = seen & ~unchanged | self.grid
+        live[self.batch, self.answer_pos] = True  # the metric reads it even where nothing changes
+        self.live = live.flatten().nonzero().squeeze(1)  # [T] into the flattened [B * P] axis
+        self.answer_live = torch.searchsorted(self.live, self.answer_flat)  # answers in the T axis
         self.out = torch.empty_like(ablated)
         self.out[0] = inputs
         self.port_in: list[torch.Tensor] = []
@@ -145,10 +163,17 @@ class IncrementalPass:
                     continue
                 nodes, new = self._initial_outputs(g, flat)
                 self.out[nodes] = new
-        self.diff = ablated - self.out
+        # the unchanged positions' ablated values are the clean ones: set them so exactly
+        ablated = torch.where(unchanged[None, :, :, None], self.out, ablated)
+        self.abl_ans = self._at_answers(ablated)
         self.out_ans = self._at_answers(self.out)
         self.diff_ans = self.abl_ans - self.out_ans
         self.final = self.port_ans[-1][0].clone()  # [B, D]
+        # from here on, full values live at the live positions only: [.., T, D]
+        self.ablated = self._live(ablated)
+        self.out = self._live(self.out)
+        self.diff = self.ablated - self.out
+        self.port_in = [self._live(x) for x in self.port_in]
 
     def _initial_outputs(self, g: DestGroup, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every node of stage ``g`` at every position, from its ports ``flat [ports, B, P, D]``."""
@@ -181,6 +206,14 @@ class IncrementalPass:
     def _at_answers(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., B, P, D]`` at each prompt's answer position: ``[..., B, D]``."""
         return x.flatten(-3, -2).index_select(-2, self.answer_flat)  # faster than x[..., b, p, :]
+
+    def _live(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., B, P, D]`` at the live positions: ``[..., T, D]``."""
+        return x.flatten(-3, -2).index_select(-2, self.live)
+
+    def _live_answers(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., T, D]`` (live positions) at each prompt's answer position: ``[..., B, D]``."""
+        return x.index_select(-2, self.answer_live)
 
     def _modes(self, gi: int) -> _Modes:
         """Full and answer nodes and ports, from the kept edges (fixed while trials run at
@@ -259,7 +292,7 @@ class IncrementalPass:
             return final + _mix(plan.w_ans, [c.ans for c in readable])[0]
         # every change read in one product: [ports, changed nodes] @ [changed nodes, R, ...]
         # (a port with no new value has no weights: w_full None means pfull is empty)
-        new_full = self.port_in[gj][:0, None].expand(0, r, *self.out.shape[1:])
+        new_full = self.port_in[gj][:0, None].expand(0, r, *self.port_in[gj].shape[1:])
         if plan.w_full is not None:
             new_full = _mix(plan.w_full, [c.delta for c in readable if c.delta is not None])
             new_full += _rows(self.port_in[gj], plan.pfull).unsqueeze(1)
@@ -319,7 +352,7 @@ class IncrementalPass:
         if g.kind == "mlp":
             node = torch.tensor([self.graph.mlp_source(g.layer)], device=pfull.device)
             if pfull.numel():
-                out = self.model.mlp_output(g.layer, new_full[0])
+                out = self.model.mlp_output(g.layer, new_full[0])  # position-wise: [R, T, D] as is
             else:
                 out = self.model.mlp_output(g.layer, new_ans[0].unsqueeze(-2)).squeeze(-2)
             self._record(rec, changes, node, out.unsqueeze(0), bool(pfull.numel()))
@@ -343,7 +376,9 @@ class IncrementalPass:
         for which in range(3):
             x = which if g.n_qkv == 3 else 0
             answer_query = which == 0 and not is_full
-            own_answer_ports = answer_query and g.n_qkv == 3
+            # an answer node's queries have ports of their own, answer ports (see _modes)
+            # except under rotary positions, whose queries are projected where they are
+            own_answer_ports = answer_query and g.n_qkv == 3 and not self.grid
             ports, new = (pans, new_ans) if own_answer_ports else (pfull, new_full)
             kept = self.qkv[g.layer][which].index_select(0, hs)  # [H', B, P, E]
             if answer_query:
@@ -354,30 +389,52 @@ class IncrementalPass:
                 qkv.append(kept)
                 continue
             # only the heads whose input changed are projected; the rest keep theirs
-            inp = _rows(new, rows)  # [H'', R, B, P, D], or [H'', R, B, D] (answer ports)
-            if answer_query and not own_answer_ports:  # one input for q, k and v
-                inp = self._at_answers(inp)
-            inp = inp.unsqueeze(-2) if answer_query else inp
-            y = self.model.head_project(g.layer, hs[hit], which, inp)  # [H'', R, B, P or 1, E]
+            inp = _rows(new, rows)  # [H'', R, T, D], or [H'', R, B, D] (answer ports)
+            if answer_query and self.grid:  # every position, then the answers: [H'', R, B, 1, E]
+                grid = inp.view(*inp.shape[:2], *self.grid_shape, -1)
+                y = self.model.head_project(g.layer, hs[hit], which, grid)
+                y = y.flatten(2, 3).index_select(2, self.answer_flat).unsqueeze(-2)
+            elif answer_query:
+                if not own_answer_ports:  # one input for q, k and v
+                    inp = self._live_answers(inp)
+                y = self.model.head_project(g.layer, hs[hit], which, inp.unsqueeze(-2))  # [H'', R, B, 1, E]
+            else:
+                y = self._project_live(g.layer, hs[hit], which, inp, kept.index_select(0, hit))
             if hit.numel() < hs.numel():
                 y = kept.repeat(1, y.shape[1], 1, 1, 1).index_copy_(0, hit, y)
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
-        visible = self.visible_full if is_full else self.visible_ans
         # each head has a changed port, so at least one of q, k, v has R rows
-        out = self.model.head_attend(g.layer, hs, *qkv, visible)  # [H', R, B, Q, D]
+        if is_full:  # outputs at the live positions: [H', R, T, D]
+            out = self.model.head_attend(g.layer, hs, *qkv, self.visible_full, self.live)
+        else:  # [H', R, B, D]
+            out = self.model.head_attend(g.layer, hs, *qkv, self.visible_ans).squeeze(-2)
         nodes = self.graph.head_source(g.layer, 0) + hs
-        self._record(rec, changes, nodes, out if is_full else out.squeeze(-2), is_full)
+        self._record(rec, changes, nodes, out, is_full)
+
+    def _project_live(
+        self, layer: int, heads: torch.Tensor, which: int, x: torch.Tensor, kept: torch.Tensor
+    ) -> torch.Tensor:
+        """Queries, keys or values of ``heads`` on the grid ``[H', R, B, P, E]`` from their
+        inputs at the live positions ``x [H', R, T, D]``; the other positions keep ``kept
+        [H', 1, B, P, E]``."""
+        h, r = x.shape[0], x.shape[1]
+        if self.grid:  # every position is live
+            return self.model.head_project(layer, heads, which, x.view(h, r, *self.grid_shape, -1))
+        y = self.model.head_project(layer, heads, which, x)  # [H', R, T, E]
+        grid = kept.repeat(1, r, 1, 1, 1)
+        grid.view(h, r, -1, grid.shape[-1]).index_copy_(2, self.live, y)
+        return grid
 
     def _record(
         self, rec: Trial, changes: list[_Change], nodes: torch.Tensor, new: torch.Tensor, full: bool
     ) -> None:
-        """Nodes ``nodes`` with new outputs ``new [k, R, B, P, D]`` (full) or ``[k, R, B, D]``."""
+        """Nodes ``nodes`` with new outputs ``new [k, R, T, D]`` (full) or ``[k, R, B, D]``."""
         last = int(nodes[-1])
         if full:
             rec.nodes_full.append((nodes, new))
             delta = new - _rows(self.out, nodes).unsqueeze(1)
-            changes.append(_Change(nodes, last, delta, self._at_answers(delta)))
+            changes.append(_Change(nodes, last, delta, self._live_answers(delta)))
         else:
             rec.nodes_ans.append((nodes, new))
             changes.append(_Change(nodes, last, None, new - _rows(self.out_ans, nodes).unsqueeze(1)))
@@ -387,12 +444,12 @@ class IncrementalPass:
         ``keep``)."""
         for gi, ports, new in rec.ports_full:
             self.port_in[gi].index_copy_(0, ports, new[:, row])
-            self.port_ans[gi].index_copy_(0, ports, self._at_answers(new[:, row]))
+            self.port_ans[gi].index_copy_(0, ports, self._live_answers(new[:, row]))
         for gi, ports, new in rec.ports_ans:
             self.port_ans[gi].index_copy_(0, ports, new[:, row])
         for nodes, new in rec.nodes_full:
             new_row = new[:, row]
-            new_ans = self._at_answers(new_row)
+            new_ans = self._live_answers(new_row)
             self.out.index_copy_(0, nodes, new_row)
             self.diff.index_copy_(0, nodes, _rows(self.ablated, nodes) - new_row)
             self.out_ans.index_copy_(0, nodes, new_ans)

@@ -196,6 +196,17 @@ def _task_metric(
     return _sign(ctx.metric) * total / len(ctx.task)
 
 
+def clean_prefix(ablation: str, batch: TaskBatch) -> torch.Tensor | None:
+    """Per prompt, how many leading positions have every source's ablated value equal to
+    its clean one: under resample ablation, those before the corrupted prompt first
+    differs (the model is causal); under the other ablations, none (None)."""
+    if ablation != "resample":
+        return None
+    differ = batch.clean != batch.corrupted  # [B, P]
+    first = differ.to(torch.uint8).argmax(1)
+    return torch.where(differ.any(1), first, torch.full_like(first, differ.shape[1]))
+
+
 def _removes(effect: float, tau: float, abs_value: bool) -> bool:
     return (abs(effect) if abs_value else effect) < tau
 
@@ -503,7 +514,8 @@ class _FastACDC:
 
     def start_states(self, keep: torch.Tensor) -> tuple[list[IncrementalPass], float]:
         """Incremental passes of the circuit ``keep`` (one per minibatch) and its metric."""
-        states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep)
+        states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep,
+                                  clean_prefix(self.ctx.ablation, b.batch))
                   for b in self.batches]
         value = float(_task_metric(self.ctx, self.batches, lambda i, _: states[i].logits()[None], True)[0])
         self.evaluations += 1

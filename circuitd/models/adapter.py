@@ -375,17 +375,20 @@ class ModelAdapter:
 
     def head_attend(
         self, layer: int, heads: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        visible: torch.Tensor,
+        visible: torch.Tensor, queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Head outputs ``[H', ..., Q, D]`` (no ``b_O``) from queries ``[H', ..., Q, E]``
-        and keys and values ``[H', ..., P, E]`` (broadcast), where query i sees key j when
-        ``visible[..., i, j]`` (broadcast; the causal mask). The output projection is one
-        product per head over everything else."""
+        """Head outputs ``[H', ..., B, Q, D]`` (no ``b_O``) from queries ``[H', ..., B, Q, E]``
+        and keys and values ``[H', ..., B, P, E]`` (broadcast), where query i sees key j
+        when ``visible[..., i, j]`` (broadcast; the causal mask). ``queries``: only these
+        of the flattened ``B * Q`` queries are projected out: ``[H', ..., T, D]``. The
+        output projection is one product per head over everything else."""
         attn = self.model.blocks[layer].attn
         if self.model.cfg.dtype not in (torch.float32, torch.float64):
             q, k = q.float(), k.float()
         scores = (q @ k.transpose(-1, -2) / attn.attn_scale).masked_fill(~visible, float("-inf"))
-        z = scores.softmax(-1).to(v.dtype) @ v  # [H', ..., Q, E]
+        z = scores.softmax(-1).to(v.dtype) @ v  # [H', ..., B, Q, E]
+        if queries is not None:
+            z = z.flatten(-3, -2).index_select(-2, queries)  # [H', ..., T, E]
         h, e = z.shape[0], z.shape[-1]
         return torch.bmm(z.reshape(h, -1, e), attn.W_O.index_select(0, heads)).view(*z.shape[:-1], -1)
 

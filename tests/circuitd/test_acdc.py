@@ -132,6 +132,23 @@ def test_fast_matches_reference_on_random_models(
     assert 0 < int(ref.keep.sum()) < ctx.graph.n_edges  # neither trivial outcome
 
 
+def test_fast_matches_reference_on_rotary_parallel_model() -> None:
+    """Rotary positions with parallel attention and MLP (as in Pythia): the last layer's
+    heads are read at the answer positions only, and their queries need those positions."""
+    from tests.circuitd.test_lean_pass import BASE, VARIANTS
+
+    model = build_from_config(dict(BASE, **VARIANTS["neox-like"], seed=1), None, None, "test:neox-like",
+                              dtype=torch.float64)
+    graph = EdgeGraph(model.shape)
+    data = load_task_data("random", None, model.shape.d_vocab, n=6, seed=0, metric="kl")
+    task = resolve_task(data, None, model.shape.d_vocab, model.shape.n_ctx)
+    ctx = MethodContext(model, graph, task, "kl", "resample", {}, 4)
+    for tau in (0.001, 0.01):
+        ref = acdc_reference(ctx, tau)
+        _assert_same(ref, acdc_fast(ctx, tau, rows=4))
+        assert 0 < int(ref.keep.sum()) < graph.n_edges
+
+
 def test_fast_matches_reference_on_zoo_synth_ioi() -> None:
     ctx = _ctx("zoo:synth", "kl", n=2)
     taus = [0.05, 0.5]

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from circuitd import metrics
+from circuitd.batch import TaskBatch
+from circuitd.edges import EdgeGraph
 from circuitd.incremental import IncrementalPass
+from circuitd.methods.acdc import clean_prefix
+from circuitd.patching import PatchingEngine
 from tests.conftest import random_setup
 
 
@@ -17,28 +21,67 @@ def _answers(engine, b, ablated, keep: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("split", [True, False])
-@pytest.mark.parametrize(("ablation", "kept"), [("resample", 0.6), ("zero", 0.6), ("resample", 0.15)])
+@pytest.mark.parametrize(
+    ("ablation", "kept", "shared"),
+    [("resample", 0.6, False), ("zero", 0.6, False), ("resample", 0.15, False), ("resample", 0.6, True),
+     ("resample", 0.15, True)],
+)
 def test_trials_and_commits_match_full_passes(
-    random_model_id: str, split: bool, ablation: str, kept: float
+    random_model_id: str, split: bool, ablation: str, kept: float, shared: bool
 ) -> None:
-    """Dense circuits have mostly full nodes; sparse ones many answer nodes."""
+    """Dense circuits have mostly full nodes; sparse ones many answer nodes. ``shared``:
+    corrupted prompts that repeat a prefix of their clean ones (one of them whole) and
+    answer positions before the end, so that trials work on the live positions only."""
     model, graph, engine, _, b = random_setup(random_model_id, split, n=4)
+    if shared:
+        for i, k in enumerate((2, 0, 4, b.clean.shape[1])):
+            b.corrupted[i, :k] = b.clean[i, :k]
+        b.answer_pos = torch.tensor([5, 3, 4, 2])
+    prefix = clean_prefix(ablation, b)
+    assert (prefix is not None and prefix.tolist() == [2, 0, 4, 6]) or not shared
+    state = _check_trials(model, graph, engine, b, ablation, kept)
+    if shared and not model.rotary():
+        assert state.live.numel() == 4 + 4 + 1 + 1  # prompt 3 is its answer alone
+
+
+@pytest.mark.parametrize("variant", ["rotary", "parallel", "neox-like", "ln-pre", "inverse-layer-scale"])
+def test_trials_on_other_architectures(variant: str) -> None:
+    """The node math of rotary positions (whose projections keep the whole grid), parallel
+    attention and MLP, LayerNorm without weights and scaled attention."""
+    from tests.circuitd.test_lean_pass import BASE, _model
+
+    model = _model(variant)
+    graph = EdgeGraph(model.shape)
+    engine = PatchingEngine(model, graph)
+    gen = torch.Generator().manual_seed(2)
+    clean = torch.randint(0, BASE["d_vocab"], (4, 7), generator=gen)
+    corrupted = torch.randint(0, BASE["d_vocab"], (4, 7), generator=gen)
+    corrupted[:, :3] = clean[:, :3]
+    b = TaskBatch(clean, corrupted, torch.ones_like(clean, dtype=torch.bool), torch.tensor([6, 4, 5, 6]),
+                  clean[:, :1], torch.ones(4, 1, dtype=torch.bool), corrupted[:, :1],
+                  torch.ones(4, 1, dtype=torch.bool))
+    state = _check_trials(model, graph, engine, b, "resample", 0.5)
+    assert state.grid == model.rotary()
+
+
+def _check_trials(model, graph, engine, b, ablation: str, kept: float) -> IncrementalPass:
+    """Trials at every stage (logits first) and a commit after each, against full passes."""
     ablated = engine.ablated_sources(ablation, b.corrupted)
     gen = torch.Generator().manual_seed(1)
     keep = torch.rand(graph.n_edges, generator=gen) < kept
     inputs = model.input_source(b.clean)
     torch.testing.assert_close(inputs, engine.source_outputs(b.clean)[0], atol=0, rtol=0)
-    state = IncrementalPass(model, graph, inputs, ablated, b.answer_pos, keep)
+    state = IncrementalPass(model, graph, inputs, ablated, b.answer_pos, keep, clean_prefix(ablation, b))
     full = _answers(engine, b, ablated, keep[None])[0]
     torch.testing.assert_close(state.logits(), full, atol=5e-5, rtol=1e-5)
 
     for gi in reversed(range(len(graph.groups))):  # ACDC's direction: the logits first
         g = graph.groups[gi]
         block = keep[g.offset : g.stop].view(g.n_dest, g.n_src)
-        kept = block.nonzero()
-        if kept.shape[0] == 0:
+        kept_edges = block.nonzero()
+        if kept_edges.shape[0] == 0:
             continue
-        pick = kept[torch.randperm(kept.shape[0], generator=gen)[:3]]
+        pick = kept_edges[torch.randperm(kept_edges.shape[0], generator=gen)[:3]]
         removed = torch.zeros(pick.shape[0], *block.shape, dtype=torch.bool)
         for j, (p, s) in enumerate(pick.tolist()):
             removed[j:, p, s] = True  # row j: the first j+1 picks removed
@@ -51,3 +94,4 @@ def test_trials_and_commits_match_full_passes(
         keep.copy_(rows[j])
         full = _answers(engine, b, ablated, keep[None])[0]
         torch.testing.assert_close(state.logits(), full, atol=5e-5, rtol=1e-5)
+    return state
