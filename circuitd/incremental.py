@@ -344,7 +344,7 @@ class IncrementalPass:
         pfull: torch.Tensor, new_full: torch.Tensor, pans: torch.Tensor, new_ans: torch.Tensor,
     ) -> None:
         """Recompute the nodes of stage ``gi`` that own the ports with new inputs (full
-        ports ``pfull`` with ``new_full [p, R, B, P, D]``, answer ports ``pans`` with
+        ports ``pfull`` with ``new_full [p, R, T, D]``, answer ports ``pans`` with
         ``new_ans [p, R, B, D]``) and record everything in ``rec`` and ``changes``."""
         g = self.graph.groups[gi]
         rec.ports_full.append((gi, pfull, new_full))
