@@ -30,12 +30,14 @@ oracle. :func:`acdc_fast` makes the same decisions with less work:
   tested together, all rows of one batched computation: candidate j of a trial is tested
   with each earlier candidate removed, unless that one is predicted kept. At the first
   candidate whose outcome differs from its prediction the later rows are dropped and the
-  next trial starts after it, so every decision is the one the reference makes. The
-  predictions come from EAP-IG scores on a few prompts, calibrated against the run's own
-  decisions (a logistic fit of log |score|); without them every candidate is predicted
-  removed. The number of candidates per trial maximises edges decided per second, from
-  each stage's measured cost per trial and per row and the chance that the predictions
-  hold;
+  next trial starts after it, so every decision is the one the reference makes. A
+  candidate is predicted kept when the block's keep rate says so or, in the stages where
+  they have predicted better so far, its EAP-IG score on a few prompts (a logistic fit
+  of log |score| to the run's decisions). The number of candidates per trial maximises
+  edges decided per second, from each stage's measured cost per trial and per row and
+  the chance that the predictions hold;
+- positions: a test recomputes full nodes only where a change can be (from where a
+  prompt's corrupted version first differs, under resample ablation, to its answer);
 - a list of taus runs as branches that share a circuit while their decisions agree: one
   row serves every tau of its branch, and a test whose difference falls between two taus
   splits the branch there.
@@ -353,21 +355,36 @@ def rows_per_trial(model_dtype: torch.dtype, graph: EdgeGraph, n_tokens: int, bu
 
 
 class _KeepModel:
-    """The chance that a candidate edge is kept, from its attribution score: a logistic
-    fit of ``log |score|`` to the run's decisions so far, refitted once per block. EAP-IG
-    scores rank the edges ACDC keeps well (on zoo:synth / ioi with KL, the kept edges
-    outrank the removed ones in 93% of pairs). Without scores, or before both outcomes
-    were seen, the branch's keep rate."""
+    """The chance that a candidate edge is kept. Two predictors: the branch's keep rate
+    (the block's, shrunk towards the run's), and the edge's attribution score through a
+    logistic fit of ``log |score|`` to the run's decisions so far (refitted once per
+    block). EAP-IG scores rank the edges ACDC keeps well (on zoo:synth / ioi with KL and
+    tau 2e-5, the kept edges outrank the removed ones in 93% of pairs), but one fit over
+    every stage misjudges stages whose scores run larger or smaller than the rest (the
+    edges out of the input, the edges into MLPs). So each stage uses the predictor with
+    the smaller log-loss on its decisions so far; the rate until the scores do better."""
 
     def __init__(self, scores: torch.Tensor | None):
         self.x = None if scores is None else scores.detach().abs().double().cpu().clamp_min(1e-30).log()
         self.seen: list[tuple[int, bool]] = []
-        self.coef: torch.Tensor | None = None  # (intercept, slope)
+        self.coef: tuple[float, float] | None = None  # intercept, slope
         self._fitted = 0
+        self.loss: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])  # stage -> rate, scores
 
-    def observe(self, edge: int, kept: bool) -> None:
-        if self.x is not None:
-            self.seen.append((edge, kept))
+    def _by_score(self, edge: int) -> float:
+        assert self.x is not None and self.coef is not None
+        z = self.coef[0] + self.coef[1] * float(self.x[edge])
+        return 1 / (1 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def observe(self, edge: int, kept: bool, rate: float, stage: int) -> None:
+        """A decision, and what each predictor said of it (``rate``: the keep rate then)."""
+        if self.x is None:
+            return
+        self.seen.append((edge, kept))
+        if self.coef is not None:
+            loss = self.loss[stage]
+            for i, p in enumerate((rate, self._by_score(edge))):
+                loss[i] -= math.log(max(1e-9, p if kept else 1 - p))
 
     def refit(self) -> None:
         """Newton steps of a lightly ridged logistic regression (from the last fit)."""
@@ -379,7 +396,7 @@ class _KeepModel:
         if y.min() == y.max():
             return
         feats = torch.stack([torch.ones_like(y), self.x[edges]], 1)  # [n, 2]
-        coef = self.coef if self.coef is not None else torch.zeros(2, dtype=torch.float64)
+        coef = torch.tensor(self.coef or (0.0, 0.0), dtype=torch.float64)
         ridge = 1e-3 * torch.eye(2, dtype=torch.float64)
         for _ in range(8):
             prob = torch.sigmoid(feats @ coef)
@@ -389,12 +406,13 @@ class _KeepModel:
             coef = coef - step
             if float(step.abs().max()) < 1e-6:
                 break
-        self.coef = coef
+        self.coef = (float(coef[0]), float(coef[1]))
 
-    def p_keep(self, edges: list[int], prior: float) -> list[float]:
-        if self.x is None or self.coef is None:
-            return [prior] * len(edges)
-        return torch.sigmoid(self.coef[0] + self.coef[1] * self.x[edges]).tolist()
+    def p_keep(self, edges: list[int], rate: float, stage: int) -> list[float]:
+        loss = self.loss.get(stage)
+        if self.x is None or self.coef is None or loss is None or loss[1] >= loss[0]:
+            return [rate] * len(edges)
+        return [self._by_score(e) for e in edges]
 
 
 def removals(kept_pred: Sequence[bool]) -> torch.Tensor:
@@ -589,13 +607,14 @@ class _FastACDC:
         out = [br]
         br.row = -1
         cur, kept = br, 0
+        rate = br.p_keep()  # what the predictions read (the counts change after the trial)
         for j, e in enumerate(cand):
             effect = values[j] - cur.current
             test = abs(effect) if self.abs_value else effect
             n_keep = bisect.bisect_right([self.sorted_taus[t] for t in cur.taus], test)  # taus <= test
             cur.tested[e] = True
             cur.effects[e] = effect
-            self.keep_model.observe(e, n_keep > 0)
+            self.keep_model.observe(e, n_keep > 0, rate, self.group_of(e))
             keepers: _Branch | None = cur if n_keep == len(cur.taus) else None
             removers: _Branch | None = cur if n_keep == 0 else None
             if keepers is None and removers is None:  # the taus disagree: split
@@ -659,7 +678,7 @@ class _FastACDC:
                 cands, preds, rows = [], [], []
                 for br in active:
                     ahead = br.queue[br.pos : br.pos + share]
-                    p_keep = self.keep_model.p_keep(ahead, br.p_keep())
+                    p_keep = self.keep_model.p_keep(ahead, br.p_keep(), self.group_of(ahead[0]))
                     span = share
                     if self.adaptive and self.incremental:
                         stage = self.group_of(ahead[0])
