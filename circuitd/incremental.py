@@ -136,7 +136,9 @@ class IncrementalPass:
         self.visible_ans = seen[:, None, :]  # [B, 1, P]: keys an answer query sees
         prefix = torch.zeros(b, dtype=torch.long) if clean_prefix is None else clean_prefix
         unchanged = torch.arange(p, device=dev)[None, :] < prefix.to(dev)[:, None]  # [B, P]
-        self.grid = model.rotary()  # rotary projections need every position
+        # rotary projections need their positions: every position is live, and queries
+        # are never projected at the answer positions alone
+        self.grid = model.rotary()
         self.grid_shape = (b, p)
         live = seen & ~unchanged | self.grid
         live[self.batch, self.answer_pos] = True  # the metric reads it even where nothing changes
@@ -223,7 +225,7 @@ class IncrementalPass:
         graph = self.graph
         node_full = torch.zeros(graph.n_sources, dtype=torch.bool, device=self.out.device)
         port_full: list[torch.Tensor] = [node_full[:0]] * len(graph.groups)
-        answer_queries = not self.model.rotary()  # rotary queries need their positions
+        answer_queries = not self.grid
         for gj in reversed(range(len(graph.groups))):
             g = graph.groups[gj]
             if g.kind == "logits":
@@ -393,7 +395,7 @@ class IncrementalPass:
             if answer_query and self.grid:  # every position, then the answers: [H'', R, B, 1, E]
                 grid = inp.view(*inp.shape[:2], *self.grid_shape, -1)
                 y = self.model.head_project(g.layer, hs[hit], which, grid)
-                y = y.flatten(2, 3).index_select(2, self.answer_flat).unsqueeze(-2)
+                y = self._at_answers(y).unsqueeze(-2)
             elif answer_query:
                 if not own_answer_ports:  # one input for q, k and v
                     inp = self._live_answers(inp)

@@ -186,6 +186,17 @@ def _contract_rows(w: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
     return out.reshape(*w.shape[:2], *diff.shape[1:])
 
 
+def clean_prefix(ablation: str, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor | None:
+    """Per prompt, how many leading positions have every source's ablated value equal to
+    its clean one (``[B]``, from tokens ``[B, P]``): under resample ablation, those before
+    the corrupted prompt first differs (the model is causal); under the others, none (None)."""
+    if ablation != "resample":
+        return None
+    differ = clean != corrupted
+    first = differ.to(torch.uint8).argmax(1)
+    return torch.where(differ.any(1), first, torch.full_like(first, differ.shape[1]))
+
+
 class PatchingEngine:
     """Runs a model with any set of edges ablated, for many circuits at once."""
 

@@ -69,7 +69,7 @@ from circuitd.batch import TaskBatch, iter_batches
 from circuitd.edges import EdgeGraph, head_name, mlp_name
 from circuitd.incremental import IncrementalPass, Trial
 from circuitd.methods.base import MethodContext, MethodResult
-from circuitd.patching import CachedPass, PatchingEngine
+from circuitd.patching import CachedPass, PatchingEngine, clean_prefix
 from circuitd.selection import above_threshold, top_n
 
 # +1: the task metric is minimised as is; -1: its negation is (higher is better)
@@ -196,17 +196,6 @@ def _task_metric(
         total = s if total is None else total + s
     assert total is not None
     return _sign(ctx.metric) * total / len(ctx.task)
-
-
-def clean_prefix(ablation: str, batch: TaskBatch) -> torch.Tensor | None:
-    """Per prompt, how many leading positions have every source's ablated value equal to
-    its clean one: under resample ablation, those before the corrupted prompt first
-    differs (the model is causal); under the other ablations, none (None)."""
-    if ablation != "resample":
-        return None
-    differ = batch.clean != batch.corrupted  # [B, P]
-    first = differ.to(torch.uint8).argmax(1)
-    return torch.where(differ.any(1), first, torch.full_like(first, differ.shape[1]))
 
 
 def _removes(effect: float, tau: float, abs_value: bool) -> bool:
@@ -366,14 +355,15 @@ class _KeepModel:
 
     def __init__(self, scores: torch.Tensor | None):
         self.x = None if scores is None else scores.detach().abs().double().cpu().clamp_min(1e-30).log()
+        self.x_list = [] if self.x is None else self.x.tolist()  # read one edge at a time
         self.seen: list[tuple[int, bool]] = []
         self.coef: tuple[float, float] | None = None  # intercept, slope
         self._fitted = 0
         self.loss: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])  # stage -> rate, scores
 
     def _by_score(self, edge: int) -> float:
-        assert self.x is not None and self.coef is not None
-        z = self.coef[0] + self.coef[1] * float(self.x[edge])
+        assert self.coef is not None
+        z = self.coef[0] + self.coef[1] * self.x_list[edge]
         return 1 / (1 + math.exp(-max(-60.0, min(60.0, z))))
 
     def observe(self, edge: int, kept: bool, rate: float, stage: int) -> None:
@@ -533,7 +523,7 @@ class _FastACDC:
     def start_states(self, keep: torch.Tensor) -> tuple[list[IncrementalPass], float]:
         """Incremental passes of the circuit ``keep`` (one per minibatch) and its metric."""
         states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep,
-                                  clean_prefix(self.ctx.ablation, b.batch))
+                                  clean_prefix(self.ctx.ablation, b.batch.clean, b.batch.corrupted))
                   for b in self.batches]
         value = float(_task_metric(self.ctx, self.batches, lambda i, _: states[i].logits()[None], True)[0])
         self.evaluations += 1
