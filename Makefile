@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-fast lint openapi demo clean
 
 install: $(STAMP)
 
@@ -18,12 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# ruff; the import arrows (import-linter contracts in pyproject.toml); the type checker
+# (basedpyright: basic everywhere, strict for graphs/, api/ and the job spec).
 lint: install
 	$(BIN)/ruff check circuitd graphs workers api tests bench
+	$(BIN)/lint-imports
+	$(BIN)/basedpyright
 
+# The full suite: every tier (slow, service, browser, gpu; gpu tests skip without CUDA).
 test: install lint
 	bash scripts/ensure-redis.sh
 	$(BIN)/python -m pytest
+
+# Everything unmarked: the quick tier to run while working (no services started, no slow sweeps).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not service and not browser and not gpu"
+
+# Accept a deliberate API change: rewrite the OpenAPI snapshot that tests/api/test_openapi.py checks.
+openapi: install
+	$(BIN)/python -c "import api.app as a, pathlib; pathlib.Path('tests/api/openapi.json').write_text(a.openapi_text())"
 
 # The service end to end over HTTP: circuitd up (SQLite store and broker, no Redis) on a free
 # port and a temporary data dir, submit, watch, download, summary; stops it afterwards.

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.metrics import MetricsMiddleware
 from api.routes import catalog, graphs, health, jobs
+from api.telemetry import MetricsMiddleware
 from circuitd import __version__
-from circuitd.spec import JobSpec
+from circuitd.spec import named_field
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -27,15 +28,16 @@ def _field_and_message(err: dict[str, Any]) -> tuple[str, str]:
     """The field at fault and the message; a spec-wide check that names a field is moved onto it."""
     field = _field(err.get("loc", ()))
     msg = " ".join(str(err.get("msg", "invalid")).removeprefix("Value error, ").split())
-    head, sep, rest = msg.partition(": ")
-    if field == "spec" and sep and head in JobSpec.model_fields:
-        return head, rest
+    named = named_field(msg) if field in ("spec", "params") else None
+    if named is not None:  # "params: tau: ..." -> "params.tau: ..."
+        head, rest = named
+        return (head if field == "spec" else f"params.{head}"), rest
     return field, msg
 
 
 async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 whose ``detail`` is one line naming the field, with every error listed in ``errors``."""
-    errors = []
+    errors: list[dict[str, Any]] = []
     for e in exc.errors():
         field, msg = _field_and_message(e)
         errors.append({"field": field, "message": msg, "type": e.get("type")})
@@ -57,3 +59,9 @@ def create_app() -> FastAPI:
 
 
 app = create_app()
+
+
+def openapi_text() -> str:
+    """The OpenAPI document in the stable text form of the committed snapshot
+    (tests/api/openapi.json; ``make openapi`` rewrites it after a deliberate change)."""
+    return json.dumps(create_app().openapi(), indent=1, sort_keys=True) + "\n"

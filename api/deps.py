@@ -7,7 +7,7 @@ import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated
 
 import networkx as nx
 from celery import Celery
@@ -106,10 +106,10 @@ class GraphCache:
 
     def __init__(self, size: int = 32):
         self.size = size
-        self._items: OrderedDict[str, tuple[bytes, nx.MultiDiGraph]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[bytes, nx.MultiDiGraph[str] | nx.DiGraph[str]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, st: Store, job: Job) -> tuple[bytes, nx.MultiDiGraph]:
+    def get(self, st: Store, job: Job) -> tuple[bytes, nx.MultiDiGraph[str] | nx.DiGraph[str]]:
         if job.status != JobStatus.succeeded:
             raise HTTPException(
                 status.HTTP_409_CONFLICT, f"job {job.id} is {job.status}: a graph exists once it succeeded"
@@ -122,7 +122,7 @@ class GraphCache:
         raw = st.load_graph_bytes(job.id)
         if raw is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} has no stored graph")
-        graph: Any = from_node_link(json.loads(raw))
+        graph = from_node_link(json.loads(raw))
         with self._lock:
             self._items[job.id] = (raw, graph)
             while len(self._items) > self.size:

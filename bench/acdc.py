@@ -25,10 +25,13 @@ import time
 
 import torch
 
+from circuitd.edge_context import MethodContext
 from circuitd.edges import EdgeGraph
 from circuitd.evaluate import Evaluator
-from circuitd.methods.acdc import acdc_fast, acdc_reference, prefilter
-from circuitd.methods.base import MethodContext
+from circuitd.methods.acdc import ACDCParams
+from circuitd.methods.acdc.fast import acdc_fast
+from circuitd.methods.acdc.prefilter import prefilter
+from circuitd.methods.acdc.reference import acdc_reference
 from circuitd.models.registry import load_model
 from circuitd.tasks import load_task_data, resolve_task
 
@@ -63,8 +66,8 @@ def main() -> None:
     params = {} if model.tokenizer is not None else {"length": 12}
     data = load_task_data(args.task, model.tokenizer, model.shape.d_vocab, n=args.n, seed=0, **params)
     task = resolve_task(data, model.tokenizer, model.shape.d_vocab, model.shape.n_ctx)
-    ctx = MethodContext(model, graph, task, args.metric, args.ablation, {}, max(args.n, 1))
-    faith_ctx = MethodContext(model, graph, task, "logit_diff", args.ablation, {}, max(args.n, 1))
+    ctx = MethodContext(model, graph, task, args.metric, args.ablation, max(args.n, 1))
+    faith_ctx = MethodContext(model, graph, task, "logit_diff", args.ablation, max(args.n, 1))
     evaluator = Evaluator(faith_ctx)
     top = args.prefilter_top_n or math.ceil(0.2 * graph.n_edges)
     print(f"model: {args.model}  task: {args.task} ({len(task)} prompts)  metric: {args.metric}  "
@@ -91,9 +94,8 @@ def main() -> None:
         speedup = ref.seconds / t_fast if same else float("nan")
         print(f"speedup (reference / fast): {speedup:.2f}x")
 
-    ctx.params = {"prefilter_top_n": top, "prefilter_method": args.prefilter_method}
     t0 = time.perf_counter()
-    start, pre_info = prefilter(ctx)
+    start, pre_info = prefilter(ctx, ACDCParams(prefilter_top_n=top, prefilter_method=args.prefilter_method))
     pre = acdc_fast(ctx, args.tau, start=start, rows=args.batch)
     t_pre = time.perf_counter() - t0
     assert pre_info is not None

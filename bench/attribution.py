@@ -20,9 +20,9 @@ import time
 import torch
 
 from circuitd.attribution import attribute, record
-from circuitd.methods.attribution_graph import load_transcoders
 from circuitd.models.registry import load_model
 from circuitd.transcoders import random_transcoders
+from circuitd.transcoders.sources import load_transcoders
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 
@@ -76,7 +76,7 @@ def main() -> None:
                          tokens, args.batch, args.rounds, args.max_feature_nodes)]
 
     small = load_model("random:small@0", args.device)
-    cfg = small.model.cfg
+    cfg = small.shape
     tset = random_transcoders(cfg.n_layers, cfg.d_model, 2048, activation="topk", k=32, skip=True, seed=1)
     tset = tset.to(small.device)
     tokens = torch.randint(1, cfg.d_vocab, (16,), generator=torch.Generator().manual_seed(0))

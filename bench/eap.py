@@ -83,7 +83,7 @@ def main() -> None:
         ablated = engine.ablated_sources("resample", b.corrupted)
         return engine.edge_gradients(b.clean, ablated, answer_metric_fn, answer_pos=b.answer_pos)
 
-    tl = model.model
+    tl = model.hooked_transformer
 
     def plain_passes() -> None:
         with torch.no_grad():

@@ -14,8 +14,8 @@ import torch
 
 from circuitd import metrics
 from circuitd.batch import TaskBatch, iter_batches
+from circuitd.edge_context import MethodContext
 from circuitd.edges import EdgeGraph
-from circuitd.methods.base import MethodContext
 from circuitd.patching import PatchingEngine
 from circuitd.selection import prune_dangling, top_n
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from circuitd.batch import TaskBatch
-from circuitd.tasks.base import METRICS
+from circuitd.names import METRICS
 
 
 def answer_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Questions asked of a stored attribution graph (a full :func:`graphs.attribution.to_networkx`
+"""Questions asked of a stored attribution graph (a full :func:`graphs.attribution_graph.to_networkx`
 graph): re-pruning, the most influential features, the strongest paths into a logit. Pure
 numpy and networkx, so the API answers them without torch."""
 
@@ -10,16 +10,16 @@ from typing import Any
 
 import networkx as nx
 
-from graphs.attribution import from_networkx, to_networkx
+from graphs.attribution_graph import from_networkx, to_networkx
 
 
-def is_attribution(graph: nx.Graph) -> bool:
+def is_attribution(graph: nx.Graph[str]) -> bool:
     return graph.graph.get("kind") == "attribution"
 
 
 def reprune(
-    full: nx.DiGraph, node_threshold: float | None = None, edge_threshold: float | None = None
-) -> nx.DiGraph:
+    full: nx.DiGraph[str], node_threshold: float | None = None, edge_threshold: float | None = None
+) -> nx.DiGraph[str]:
     """The pruned graph at other thresholds (default: the stored ones) from a stored full graph.
 
     At the stored thresholds nothing is recomputed: the stored form already marks the pruned
@@ -28,7 +28,7 @@ def reprune(
     nt = full.graph["node_threshold"] if node_threshold is None else node_threshold
     et = full.graph["edge_threshold"] if edge_threshold is None else edge_threshold
     if (nt, et) == (full.graph["node_threshold"], full.graph["edge_threshold"]) and "adjacency" in full.graph:
-        out = nx.DiGraph(**{k: v for k, v in full.graph.items() if k != "adjacency"})
+        out: nx.DiGraph[str] = nx.DiGraph(**{k: v for k, v in full.graph.items() if k != "adjacency"})
         out.graph["full"] = False
         out.add_nodes_from((k, d) for k, d in full.nodes(data=True) if d["in_circuit"])
         out.add_edges_from(full.edges(data=True))
@@ -37,25 +37,25 @@ def reprune(
     return to_networkx(ag, ag.prune(nt, et))
 
 
-def _node(graph: nx.DiGraph, key: str) -> dict[str, Any]:
+def _node(graph: nx.DiGraph[str], key: str) -> dict[str, Any]:
     d = graph.nodes[key]
     fields = ("kind", "layer", "pos", "feature", "token", "token_id", "activation", "influence", "in_circuit")
     return {"id": key, **{f: d.get(f) for f in fields}}
 
 
-def top_features(graph: nx.DiGraph, n: int = 20) -> list[dict[str, Any]]:
+def top_features(graph: nx.DiGraph[str], n: int = 20) -> list[dict[str, Any]]:
     """The ``n`` feature nodes of largest influence on the logits (full graph), strongest first."""
     feats = [k for k, d in graph.nodes(data=True) if d.get("kind") == "feature"]
     feats.sort(key=lambda k: (-(graph.nodes[k].get("influence") or 0.0), graph.nodes[k].get("index", 0)))
     return [_node(graph, k) for k in feats[:n]]
 
 
-def logit_nodes(graph: nx.DiGraph) -> list[str]:
+def logit_nodes(graph: nx.DiGraph[str]) -> list[str]:
     return [k for k, d in graph.nodes(data=True) if d.get("kind") == "logit"]
 
 
 def paths_to_logit(
-    graph: nx.DiGraph, logit: str, limit: int = 20, max_expansions: int = 200_000
+    graph: nx.DiGraph[str], logit: str, limit: int = 20, max_expansions: int = 200_000
 ) -> dict[str, Any]:
     """The ``limit`` paths into ``logit`` that carry the largest share of its credit, best first.
 

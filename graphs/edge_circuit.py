@@ -10,6 +10,8 @@ from typing import Any
 
 import networkx as nx
 
+from graphs.formats import EDGE_CIRCUIT_FORMAT
+
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP = re.compile(r"^m(\d+)$")
 _EDGE = re.compile(r"^(?P<src>[^<>]+)->(?P<dst>[^<>]+?)(?:<(?P<key>[qkv])>)?$")
@@ -42,9 +44,9 @@ def build_edge_circuit(
     in_circuit: Iterable[bool],
     meta: Mapping[str, Any],
     all_edges: bool = False,
-) -> nx.MultiDiGraph:
+) -> nx.MultiDiGraph[str]:
     """The circuit graph; with ``all_edges`` every scored edge is kept, marked in or out."""
-    graph = nx.MultiDiGraph(**meta)
+    graph: nx.MultiDiGraph[str] = nx.MultiDiGraph(format=EDGE_CIRCUIT_FORMAT, **meta)
     for name, score, kept in zip(names, scores, in_circuit, strict=True):
         if not (kept or all_edges):
             continue

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias, TypeGuard
 
 import networkx as nx
 import numpy as np
 
-from graphs.attribution import AttributionGraph, Node, PruneResult, from_networkx
+from graphs.attribution_graph import AttributionGraph, Node, PruneResult, from_networkx
 
 SCHEMA_VERSION = 1
 
@@ -71,7 +71,7 @@ FEATURE_TYPES = {
     "logit": "logit",
 }
 
-GraphParts = AttributionGraph | nx.DiGraph | tuple[np.ndarray, Sequence[Node], int]
+GraphParts: TypeAlias = "AttributionGraph | nx.DiGraph[str] | tuple[np.ndarray, Sequence[Node], int]"
 
 
 def _as_graph(graph_or_parts: GraphParts) -> AttributionGraph:
@@ -87,14 +87,20 @@ def _node_record(
     node: Node, nid: str, n_layers: int, cumulative: float, target: bool, clerp: str | None
 ) -> dict[str, Any]:
     kind = node.kind
-    prob = float(node.prob) if kind == "logit" else 0.0
+    # Node.__post_init__ guarantees a logit's prob and the index of every node but an error.
+    prob = 0.0
+    if kind == "logit":
+        assert node.prob is not None
+        prob = float(node.prob)
     if kind == "feature":
+        assert node.index is not None
         layer, feature, js = str(node.layer), int(node.index), f"{node.layer}_{node.index}-0"
     elif kind == "error":
         layer, feature, js = str(node.layer), -1, nid
     elif kind == "token":
         layer, feature, js = "E", int(node.pos), f"E_{node.index}-{node.pos}"
     else:
+        assert node.index is not None
         layer, feature, js = str(n_layers + 1), int(node.index), f"L_{node.index}-{node.pos}"
     if clerp is None and kind == "logit":
         label = node.token if node.token is not None else node.index
@@ -176,15 +182,24 @@ def to_neuronpedia(
     }
 
 
+def _is_object(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A JSON object (its keys are strings in any document read from JSON)."""
+    return isinstance(value, dict)
+
+
+def _is_list(value: Any) -> TypeGuard[list[Any]]:
+    return isinstance(value, list)
+
+
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
 def _check_fields(
     record: Any, fields: Mapping[str, tuple[type, ...]], where: str, problems: list[str]
-) -> bool:
+) -> TypeGuard[dict[str, Any]]:
     """Append a problem per missing or mistyped field; False when ``record`` is not an object at all."""
-    if not isinstance(record, dict):
+    if not _is_object(record):
         problems.append(f"{where}: expected an object, got {_type_name(record)}")
         return False
     for key, types in fields.items():
@@ -203,7 +218,7 @@ def _check_fields(
 
 
 def _check_strings(values: Any, where: str, problems: list[str]) -> None:
-    if isinstance(values, list):
+    if _is_list(values):
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 problems.append(f"{where}[{i}]: expected str, got {_type_name(v)}")
@@ -212,9 +227,9 @@ def _check_strings(values: Any, where: str, problems: list[str]) -> None:
 def _records(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
     """``doc[key]`` when it is a list; otherwise no records (and a problem if it is there)."""
     value = doc.get(key)
-    if key in doc and not isinstance(value, list):
+    if key in doc and not _is_list(value):
         problems.append(f"{key}: expected list, got {_type_name(value)}")
-    return value if isinstance(value, list) else []
+    return value if _is_list(value) else []
 
 
 def validate_neuronpedia(doc: Any) -> list[str]:
@@ -226,7 +241,7 @@ def validate_neuronpedia(doc: Any) -> list[str]:
     link endpoint a node id and every ``ctx_idx`` a position of ``prompt_tokens``. Keys beyond the
     schema are allowed (Neuronpedia's own documents carry more).
     """
-    if not isinstance(doc, dict):
+    if not _is_object(doc):
         return [f"document: expected an object, got {_type_name(doc)}"]
     problems: list[str] = []
     for section in ("metadata", "qParams", "nodes", "links"):
@@ -263,8 +278,10 @@ def validate_neuronpedia(doc: Any) -> list[str]:
                 problems.append(f"nodes[{i}].node_id: duplicate '{nid}'")
             ids.add(nid)
         ctx = node.get("ctx_idx")
-        is_index = isinstance(ctx, int) and not isinstance(ctx, bool)
-        if n_tokens is not None and is_index and not 0 <= ctx < n_tokens:
+        if (
+            n_tokens is not None and isinstance(ctx, int) and not isinstance(ctx, bool)
+            and not 0 <= ctx < n_tokens
+        ):
             problems.append(f"nodes[{i}].ctx_idx: {ctx} is not a position of the {n_tokens} prompt tokens")
 
     for i, link in enumerate(_records(doc, "links", problems)):

@@ -9,11 +9,13 @@ attribution graph (a DiGraph; its edges have no key and no name).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import networkx as nx
+
+_G = TypeVar("_G", bound="nx.DiGraph[str]")
 
 
 def edge_record(u: str, v: str, key: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -21,23 +23,27 @@ def edge_record(u: str, v: str, key: Any, data: dict[str, Any]) -> dict[str, Any
     return {"source": u, "target": v, "key": key, **data}
 
 
-def _edges(graph: nx.DiGraph) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
+def _is_multi(graph: nx.DiGraph[str]) -> TypeGuard[nx.MultiDiGraph[str]]:
+    return graph.is_multigraph()
+
+
+def _edges(graph: nx.DiGraph[str]) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
     """``(u, v, key, data)`` of every edge; the key is None in a graph that is not a multigraph."""
-    if graph.is_multigraph():
+    if _is_multi(graph):
         yield from graph.edges(keys=True, data=True)
     else:
         for u, v, d in graph.edges(data=True):
             yield u, v, None, d
 
 
-def _add_edge(out: nx.DiGraph, u: str, v: str, key: Any, data: dict[str, Any]) -> None:
+def _add_edge(out: nx.DiGraph[str], u: str, v: str, key: Any, data: dict[str, Any]) -> None:
     if out.is_multigraph():
         out.add_edge(u, v, key=key, **data)
     else:
         out.add_edge(u, v, **data)
 
 
-def _edges_where(graph: nx.DiGraph, keep: Any) -> nx.DiGraph:
+def _edges_where(graph: _G, keep: Callable[[dict[str, Any]], Any]) -> _G:
     """The edges for which ``keep(data)`` holds and the nodes they touch, in a graph of the same kind."""
     out = graph.__class__(**graph.graph)
     for u, v, k, d in _edges(graph):
@@ -49,18 +55,18 @@ def _edges_where(graph: nx.DiGraph, keep: Any) -> nx.DiGraph:
     return out
 
 
-def circuit_only(graph: nx.MultiDiGraph) -> nx.MultiDiGraph:
+def circuit_only(graph: _G) -> _G:
     """The circuit: edges marked ``in_circuit`` (all edges when unmarked) and the nodes they touch."""
     return _edges_where(graph, lambda d: d.get("in_circuit", True))
 
 
-def top_edges(graph: nx.MultiDiGraph, n: int = 20) -> list[dict[str, Any]]:
+def top_edges(graph: nx.DiGraph[str], n: int = 20) -> list[dict[str, Any]]:
     """The ``n`` edges of largest |score|, strongest first (ties by name, so the order is stable)."""
     ranked = sorted(_edges(graph), key=lambda e: (-abs(e[3].get("score", 0.0) or 0.0), e[3].get("name", "")))
     return [edge_record(*e) for e in ranked[:n]]
 
 
-def neighbourhood(graph: nx.MultiDiGraph, node: str) -> dict[str, Any]:
+def neighbourhood(graph: nx.DiGraph[str], node: str) -> dict[str, Any]:
     """A node's attributes and its incoming and outgoing edges, each by |score|; KeyError if absent."""
     if node not in graph:
         raise KeyError(node)
@@ -79,14 +85,15 @@ def neighbourhood(graph: nx.MultiDiGraph, node: str) -> dict[str, Any]:
     }
 
 
-def _hop_strength(graph: nx.MultiDiGraph, u: str, v: str) -> float:
-    data = graph.get_edge_data(u, v)
-    parallel = data.values() if graph.is_multigraph() else [data]
+def _hop_strength(graph: nx.DiGraph[str], u: str, v: str) -> float:
+    parallel: Iterable[dict[str, Any]] = (
+        graph.get_edge_data(u, v).values() if _is_multi(graph) else [graph.get_edge_data(u, v)]
+    )
     return max(abs(d.get("score", 0.0) or 0.0) for d in parallel)
 
 
 def paths_through(
-    graph: nx.MultiDiGraph, node: str, source: str = "input", target: str = "logits", limit: int = 100
+    graph: nx.DiGraph[str], node: str, source: str = "input", target: str = "logits", limit: int = 100
 ) -> dict[str, Any]:
     """Paths ``source -> ... -> node -> ... -> target`` (at most ``limit``), each with its weakest hop.
 
@@ -98,7 +105,7 @@ def paths_through(
     for end in (source, target):
         if end not in graph:
             return {"node": node, "paths": [], "truncated": False}
-    simple = nx.DiGraph(graph)
+    simple: nx.DiGraph[str] = nx.DiGraph(graph)
 
     def between(a: str, b: str) -> Iterator[list[str]]:
         if a == b:
@@ -107,7 +114,7 @@ def paths_through(
         yield from nx.all_simple_paths(simple, a, b)
 
     def joined() -> Iterator[list[str]]:
-        tails = None
+        tails: list[list[str]] | None = None
         for head in between(source, node):
             if tails is None:
                 tails = list(islice(between(node, target), limit + 1))
@@ -115,7 +122,7 @@ def paths_through(
                 yield head + tail[1:]
 
     found = list(islice(joined(), limit + 1))
-    paths = []
+    paths: list[dict[str, Any]] = []
     for p in found[:limit]:
         hops = [_hop_strength(graph, a, b) for a, b in zip(p, p[1:], strict=False)]
         paths.append({"nodes": p, "min_abs_score": min(hops) if hops else None})
@@ -123,7 +130,7 @@ def paths_through(
     return {"node": node, "paths": paths, "truncated": len(found) > limit}
 
 
-def subgraph_above(graph: nx.MultiDiGraph, min_abs_score: float) -> nx.MultiDiGraph:
+def subgraph_above(graph: _G, min_abs_score: float) -> _G:
     """The edges with |score| >= ``min_abs_score`` and the nodes they touch."""
     return _edges_where(graph, lambda d: abs(d.get("score", 0.0) or 0.0) >= min_abs_score)
 
@@ -132,7 +139,7 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def compare(a: nx.MultiDiGraph, b: nx.MultiDiGraph) -> dict[str, Any]:
+def compare(a: nx.DiGraph[str], b: nx.DiGraph[str]) -> dict[str, Any]:
     """Edges (by canonical name) and nodes shared by two circuits, those only in each, and Jaccard."""
     ea = {d.get("name") or f"{u}->{v}<{k}>" for u, v, k, d in _edges(a)}
     eb = {d.get("name") or f"{u}->{v}<{k}>" for u, v, k, d in _edges(b)}
@@ -156,7 +163,7 @@ def _graphml_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-def to_graphml(graph: nx.MultiDiGraph) -> str:
+def to_graphml(graph: nx.DiGraph[str]) -> str:
     """The graph as GraphML text, for tools such as Gephi, Cytoscape or yEd."""
     out = graph.__class__()
     out.graph.update({k: _graphml_value(v) for k, v in graph.graph.items() if v is not None})

@@ -11,7 +11,7 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def summarize_attribution(graph: nx.DiGraph, top: int = 10) -> str:
+def summarize_attribution(graph: nx.DiGraph[str], top: int = 10) -> str:
     g = graph.graph
     m = g.get("metrics", {})
     kept = [k for k, d in graph.nodes(data=True) if d.get("in_circuit", True)]
@@ -41,7 +41,7 @@ def summarize_attribution(graph: nx.DiGraph, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def summarize(graph: nx.MultiDiGraph | nx.DiGraph, top: int = 10) -> str:
+def summarize(graph: nx.MultiDiGraph[str] | nx.DiGraph[str], top: int = 10) -> str:
     if graph.graph.get("kind") == "attribution":
         return summarize_attribution(graph, top)
     g = graph.graph

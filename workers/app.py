@@ -17,7 +17,7 @@ kombu_sqla.Transport.polling_interval = 0.2
 
 
 def make_app(broker_url: str | None = None) -> Celery:
-    app = Celery("circuitd", include=["workers.tasks"])
+    app = Celery("circuitd", include=["workers.jobs"])
     app.conf.update(celery_conf(broker_url))
     app.conf.worker_proc_alive_timeout = 60  # a busy machine may start a pool child slowly
     return app

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from circuitd.errors import CircuitdError
+from circuitd.progress import Cancelled
 from circuitd.settings import get_settings
 from circuitd.spec import JobSpec, spec_error_line
 from circuitd.store import JobStatus, Store, get_store, worker_id
@@ -177,7 +178,6 @@ def _execute(
     soft_limit_errors: tuple[type[BaseException], ...],
     soft_limit_s: float | None,
 ) -> str:
-    from circuitd.methods.base import Cancelled  # imports torch: only in the worker
 
     if discover is None:  # imported before the claim: the heartbeat must start right after it
         from circuitd.discover import discover

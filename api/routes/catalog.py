@@ -1,4 +1,5 @@
-"""``/v1/models`` and ``/v1/tasks``: what a spec may name. Read from circuitd's registries, no torch."""
+"""``/v1/models``, ``/v1/tasks`` and ``/v1/methods``: what a spec may name. Read from circuitd's
+registries (models, task generators, the method registry and its parameter models), no torch."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from circuitd.models.registry import RANDOM_PRESETS, ZOO_DIR
+from circuitd.methods import METHODS
+from circuitd.models.ids import RANDOM_PRESETS, ZOO_DIR
+from circuitd.names import ABLATIONS, METRICS
 from circuitd.tasks import GENERATORS
-from circuitd.tasks.base import METRICS
 
 router = APIRouter(tags=["catalog"])
 
 
 def _zoo() -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for d in sorted(p for p in ZOO_DIR.iterdir() if (p / "config.json").is_file()):
         card: dict[str, Any] = {}
         if (d / "card.json").is_file():
@@ -45,10 +47,16 @@ def tasks() -> dict[str, Any]:
     return {
         "generators": list(GENERATORS),
         "metrics": list(METRICS),
-        "methods": ["eap", "eap-ig", "acdc", "attribution-graph"],
-        "ablations": ["resample", "zero", "mean"],
+        "methods": list(METHODS),
+        "ablations": list(ABLATIONS),
         "inline_task": {
             "required": ["clean", "corrupted", "correct", "incorrect"],
             "optional": ["name", "description", "metric", "answer_position", "prepend_bos"],
         },
     }
+
+
+@router.get("/methods")
+def methods() -> dict[str, Any]:
+    """Every method with its summary and its parameters' JSON schema (what ``params`` takes)."""
+    return {"methods": [m.describe() for m in METHODS.values()]}

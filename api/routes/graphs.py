@@ -33,14 +33,14 @@ Format = Annotated[
 Threshold = Annotated[float | None, Query(ge=0, le=1, description="attribution graphs: re-prune with this")]
 
 
-def _graph(st: Store, job: Job, all_edges: bool) -> nx.MultiDiGraph:
+def _graph(st: Store, job: Job, all_edges: bool) -> nx.DiGraph[str]:
     _, full = graphs.get(st, job)
     if all_edges:
         return full
     return aq.reprune(full) if aq.is_attribution(full) else queries.circuit_only(full)
 
 
-def _attribution(st: Store, job: Job) -> nx.DiGraph:
+def _attribution(st: Store, job: Job) -> nx.DiGraph[str]:
     _, full = graphs.get(st, job)
     if not aq.is_attribution(full):
         raise HTTPException(
@@ -53,7 +53,7 @@ def _json(body: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def _render(graph: nx.MultiDiGraph, fmt: str, job_id: str, suffix: str = "") -> Response:
+def _render(graph: nx.DiGraph[str], fmt: str, job_id: str, suffix: str = "") -> Response:
     if fmt == "neuronpedia":
         detail = "format: neuronpedia is the layout of a whole attribution graph, at GET /graph only"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
@@ -221,5 +221,5 @@ def validate(
     if logits:
         detail = f"nodes: '{logits[0]}' is a logit, not a source"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
-    spec = JobSpec.model_validate({**job.spec, "validate_nodes": body.nodes, "validate_scale": body.scale})
+    spec = JobSpec.model_validate(job.spec).replace(validate_nodes=body.nodes, validate_scale=body.scale)
     return enqueue(spec, owner, st, response, idempotency_key)

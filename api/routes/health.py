@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import metrics
+from api import telemetry
 from api.deps import StoreDep, celery_client
 
 router = APIRouter(tags=["health"])
@@ -40,4 +40,4 @@ def readyz(st: StoreDep, response: Response) -> dict[str, Any]:
 
 @router.get("/metrics")
 def prometheus() -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 
-from api import metrics
+from api import telemetry
 from api.deps import JobDep, OwnerDep, StoreDep, send_job
 from api.schemas import JobOut, JobPage
 from circuitd.spec import JobSpec
@@ -47,7 +47,7 @@ def enqueue(
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, f"broker unavailable, job not created: {exc}"
             ) from exc
-        metrics.submitted.inc()
+        telemetry.submitted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -1,24 +1,20 @@
-"""Circuit-discovery methods by name.
+"""Circuit-discovery methods by name: the registry every caller reads.
 
-The edge methods are ``run(ctx: MethodContext) -> MethodResult`` over one edge graph and a task;
-``attribution-graph`` explains one prompt through transcoders and is run by
-:func:`circuitd.methods.attribution_graph.run_attribution_graph` (``discover`` dispatches).
+Each entry is a :class:`~circuitd.methods.contract.Method`: a name, a summary, a typed
+parameter model and ``run(ctx, params) -> Result``, whose computation is named by an import
+string. The spec validates ``params`` with the entry's model, the CLI derives its flags from
+it, the API's catalog publishes its schema and ``discover`` calls ``run``. Adding a method is
+its module (parameters and ``Method``), the module its entry names, and one line here. Imports
+no torch: the engine is imported when a method runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from circuitd.methods.acdc import ACDC
+from circuitd.methods.attribution_graph import ATTRIBUTION_GRAPH
+from circuitd.methods.contract import Method
+from circuitd.methods.eap import EAP, EAP_IG
 
-from circuitd.methods.base import MethodContext, MethodResult
+METHODS: dict[str, Method] = {m.name: m for m in (EAP, EAP_IG, ACDC, ATTRIBUTION_GRAPH)}
 
-EDGE_METHODS = ("eap", "eap-ig", "acdc")
-METHOD_NAMES = (*EDGE_METHODS, "attribution-graph")
-
-
-def get_method(name: str) -> Callable[[MethodContext], MethodResult]:
-    from circuitd.methods import acdc, eap
-
-    table = {"eap": eap.run_eap, "eap-ig": eap.run_eap_ig, "acdc": acdc.run_acdc}
-    if name not in table:
-        raise ValueError(f"method: '{name}' is not one of {', '.join(table)}")
-    return table[name]
+__all__ = ["METHODS", "Method"]

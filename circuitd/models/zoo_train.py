@@ -1,6 +1,6 @@
 """Train ``zoo:synth``: a small GPT-2-style model that solves IOI, greater-than and induction.
 
-The zoo model lets circuit discovery run offline in seconds on a CPU while still having
+The zoo model lets circuit discovery run offline on a CPU while still having
 real mechanisms to find. Its corpus is the natural text of the three tasks (the same
 sampling functions as the task generators), plus a few generic sentences for variety;
 the loss is the ordinary next-token loss, with the answer tokens weighted up.
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from circuitd.models.adapter import ModelAdapter, build_from_config
-from circuitd.models.tokenizer import Tokenizer, WordTokenizer, build_word_tokenizer
+from circuitd.models.adapter import ModelAdapter
+from circuitd.models.loading import build_from_config
 from circuitd.tasks import greater_than, induction, ioi
 from circuitd.tasks.vocab import (
     ADJECTIVES,
@@ -44,6 +44,7 @@ from circuitd.tasks.vocab import (
     VERBS,
     one_token,
 )
+from circuitd.tokenizer import Tokenizer, WordTokenizer, build_word_tokenizer
 
 MODEL_ID = "zoo:synth"
 ARCH: dict[str, Any] = dict(
@@ -238,17 +239,6 @@ def greater_than_mass(
 # ------------------------------------------------------------------------------ training
 
 
-def _set_training(adapter: ModelAdapter, training: bool) -> None:
-    """Training runs without the per-head hook points (they cost time and memory)."""
-    model = adapter.model
-    model.set_use_attn_result(not training)
-    model.set_use_split_qkv_input(not training)
-    model.set_use_hook_mlp_in(not training)
-    model.train(training)
-    for p in model.parameters():
-        p.requires_grad_(training)
-
-
 def train_synth(
     out_dir: Path, steps: int | None = None, seed: int = 0, log: Callable[[str], Any] = print
 ) -> dict[str, Any]:
@@ -266,10 +256,9 @@ def train_synth(
 
     torch.manual_seed(seed)
     adapter = build_from_config(cfg, None, tok, MODEL_ID)
-    model = adapter.model
-    _set_training(adapter, True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "ln" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "ln" not in n)]
+    adapter.set_training(True)
+    decay = [p for n, p in adapter.named_parameters() if p.ndim >= 2 and "ln" not in n]
+    no_decay = [p for n, p in adapter.named_parameters() if not (p.ndim >= 2 and "ln" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0}],
         lr=LR, betas=(0.9, 0.98),
@@ -281,28 +270,28 @@ def train_synth(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps)
         inputs, targets, weights = _batch(rng, tok, BATCH)
-        logits = model(inputs, return_type="logits")
+        logits = adapter.run(inputs)
         nll = -torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
         loss = (nll * weights).sum() / weights.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
         opt.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if (step + 1) % 100 == 0 or step + 1 == steps:
             log(f"step {step + 1}/{steps} loss {running:.4f} lr {_lr_at(step, steps):.2e} "
                 f"{time.time() - t0:.0f}s")
         if (step + 1) % 1000 == 0 and step + 1 < steps:
-            _set_training(adapter, False)
+            adapter.set_training(False)
             acc = heldout_accuracy(adapter, n=100)
-            _set_training(adapter, True)
+            adapter.set_training(True)
             log(f"step {step + 1} held-out top-1 " + _fmt(acc))
     wall = time.time() - t0
-    _set_training(adapter, False)
+    adapter.set_training(False)
 
     acc = heldout_accuracy(adapter)
     log("final held-out top-1 " + _fmt(acc))
-    state = {n: p.detach().contiguous().clone() for n, p in model.named_parameters()}
+    state = {n: p.detach().contiguous().clone() for n, p in adapter.named_parameters()}
     save_file(state, str(out_dir / "model.safetensors"))
     (out_dir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the zoo is shared
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

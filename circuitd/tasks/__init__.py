@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import Task, TaskData, resolve_task
+from circuitd.tokenizer import Tokenizer
 
 GENERATORS = ("ioi", "greater_than", "induction", "random")
 

@@ -16,9 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer, single_token
-
-METRICS = ("logit_diff", "prob_diff", "kl", "nll")
+from circuitd.names import METRICS
+from circuitd.tokenizer import Tokenizer, single_token
 
 Prompt = str | list[int]
 Answer = str | int | list[str | int]

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.vocab import (
     CENTURIES,
@@ -26,6 +25,7 @@ from circuitd.tasks.vocab import (
     same_length,
     single_words,
 )
+from circuitd.tokenizer import Tokenizer
 
 TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
 YEARS: tuple[int, ...] = tuple(range(2, 99))  # YY in 02..98: both answer sets non-empty

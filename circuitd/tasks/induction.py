@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.vocab import INDUCTION_WORDS, check_metric, same_length, single_words
+from circuitd.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.vocab import (
     NAMES,
@@ -28,6 +27,7 @@ from circuitd.tasks.vocab import (
     same_length,
     single_words,
 )
+from circuitd.tokenizer import Tokenizer
 
 # {A} is named first, {B} second, {C} is the subject of the final clause (a repeat).
 TEMPLATES: tuple[str, ...] = (

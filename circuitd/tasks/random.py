@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random as _random
 
-from circuitd.models.tokenizer import Tokenizer
 from circuitd.tasks.base import TaskData
+from circuitd.tokenizer import Tokenizer
 
 
 def generate(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import Tokenizer, single_token
-from circuitd.tasks.base import METRICS
+from circuitd.names import METRICS
+from circuitd.tokenizer import Tokenizer, single_token
 
 # First names that GPT-2 encodes as one token after a space (from the IOI dataset's list).
 NAMES: tuple[str, ...] = (

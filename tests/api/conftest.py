@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.workers.harness import Api, Service, ensure_redis
+from tests.support.service import Api, Service, ensure_redis
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import networkx as nx
 import pytest
 
-from tests.workers.harness import CLI, ROOT, TINY, Api, Service, long_spec
+from tests.support.service import CLI, ROOT, TINY, Api, Service, long_spec
 
 
 def _n_jobs(service: Service) -> int:
@@ -34,6 +34,7 @@ def test_round_trip_submit_poll_download_query(service: Service, alice: Api, tmp
     assert set(circuit) == {"directed", "multigraph", "graph", "nodes", "links"}
     assert len(circuit["links"]) == m["n_edges"] and all(link["in_circuit"] for link in circuit["links"])
     assert circuit["graph"]["model"] == "random:tiny"
+    assert circuit["graph"]["format"] == "circuitd.edge-circuit/1"
     assert circuit["graph"]["metrics"]["n_edges"] == m["n_edges"]
     full = alice.http.get(f"/v1/jobs/{job['id']}/graph", params={"all_edges": "true"}).json()
     assert len(full["links"]) == 110
@@ -253,6 +254,7 @@ def test_attribution_graph_job_queries_and_validation(service: Service, alice: A
     pruned = alice.http.get(base).json()
     assert len(pruned["nodes"]) == m["n_nodes"] and len(pruned["links"]) == m["n_edges"]
     assert pruned["graph"]["kind"] == "attribution"
+    assert pruned["graph"]["format"] == "circuitd.attribution-graph/1"
     full = alice.http.get(base, params={"all_edges": "true"}).json()
     assert len(full["nodes"]) == m["n_nodes_total"] > len(pruned["nodes"])
     tighter = alice.http.get(base, params={"node_threshold": 0.5, "edge_threshold": 0.9}).json()

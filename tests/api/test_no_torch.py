@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.workers.harness import ROOT, Service, ensure_redis
+from tests.support.service import ROOT, Service, ensure_redis
 
 PROBE = r"""
 import json, sys

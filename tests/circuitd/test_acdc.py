@@ -12,37 +12,27 @@ import math
 import pytest
 import torch
 
+from circuitd.edge_context import MethodContext
 from circuitd.edges import EdgeGraph
-from circuitd.methods import acdc as acdc_module
-from circuitd.methods.acdc import (
-    acdc_fast,
-    acdc_reference,
-    drop_inputless,
-    prefilter,
-    removals,
-    run_acdc,
-    visit_order,
-)
-from circuitd.methods.base import Cancelled, MethodContext
-from circuitd.models.adapter import build_from_config
+from circuitd.methods.acdc import ACDCParams
+from circuitd.methods.acdc import planner as acdc_module
+from circuitd.methods.acdc.fast import acdc_fast
+from circuitd.methods.acdc.order import drop_inputless, visit_order
+from circuitd.methods.acdc.planner import removals
+from circuitd.methods.acdc.prefilter import prefilter
+from circuitd.methods.acdc.reference import acdc_reference
+from circuitd.methods.acdc.scoring import score_acdc
+from circuitd.models.loading import build_from_config
 from circuitd.models.registry import load_model
 from circuitd.patching import PatchingEngine
+from circuitd.progress import Cancelled
 from circuitd.tasks import load_task_data, resolve_task
-from circuitd.tasks.base import TaskData
+from tests.support.models import COPY_CIRCUIT, copy_model, copy_task, method_context
 
 
-def _ctx(
-    model_id: str, metric: str = "kl", ablation: str = "resample", n: int = 6, seed: int = 0,
-    params: dict | None = None, batch_size: int = 4, dtype: str = "float64", split: bool = True,
-) -> MethodContext:
-    model = load_model(model_id, dtype=dtype)
-    graph = EdgeGraph(model.shape, split)
-    if model.tokenizer is None:
-        data = load_task_data("random", None, model.shape.d_vocab, n=n, seed=seed, metric=metric)
-    else:
-        data = load_task_data("ioi", model.tokenizer, model.shape.d_vocab, n=n, seed=seed, metric=metric)
-    task = resolve_task(data, model.tokenizer, model.shape.d_vocab, model.shape.n_ctx)
-    return MethodContext(model, graph, task, metric, ablation, dict(params or {}), batch_size)
+def _params(ctx: MethodContext, **values: object) -> ACDCParams:
+    """ACDC's parameters with the context's metric as the test metric."""
+    return ACDCParams.model_validate({"acdc_metric": ctx.metric, **values})
 
 
 def _assert_same(ref, fast, i: int = 0) -> None:
@@ -77,7 +67,7 @@ def test_visit_order_is_reverse_topological_and_covers_every_edge_once() -> None
 @pytest.mark.parametrize("model_id", ["random:tiny@0", "random:tiny-attn-only@2"])
 def test_run_from_equals_run(model_id: str) -> None:
     """From every block, from a pass with ablated edges, and with blocks nobody reads."""
-    ctx = _ctx(model_id, dtype="float32")
+    ctx = method_context(model_id, dtype="float32")
     graph, engine = ctx.graph, PatchingEngine(ctx.model, ctx.graph)
     tokens = torch.tensor(ctx.task.clean)
     ablated = engine.ablated_sources("resample", torch.tensor(ctx.task.corrupted))
@@ -122,7 +112,7 @@ def test_run_from_equals_run(model_id: str) -> None:
 def test_fast_matches_reference_on_random_models(
     model_id: str, metric: str, ablation: str, tau: float, abs_value: bool, split: bool
 ) -> None:
-    ctx = _ctx(model_id, metric, ablation, split=split)
+    ctx = method_context(model_id, metric, ablation, split=split)
     ref = acdc_reference(ctx, tau, abs_value)
     # incremental trials (rows from free memory, one, five), and passes from the cached prefix
     for rows, incremental in ((None, True), (1, True), (5, True), (None, False), (5, False)):
@@ -142,7 +132,7 @@ def test_fast_matches_reference_on_rotary_parallel_model() -> None:
     graph = EdgeGraph(model.shape)
     data = load_task_data("random", None, model.shape.d_vocab, n=6, seed=0, metric="kl")
     task = resolve_task(data, None, model.shape.d_vocab, model.shape.n_ctx)
-    ctx = MethodContext(model, graph, task, "kl", "resample", {}, 4)
+    ctx = MethodContext(model, graph, task, "kl", "resample", 4)
     for tau in (0.001, 0.01):
         ref = acdc_reference(ctx, tau)
         _assert_same(ref, acdc_fast(ctx, tau, rows=4))
@@ -150,7 +140,7 @@ def test_fast_matches_reference_on_rotary_parallel_model() -> None:
 
 
 def test_fast_matches_reference_on_zoo_synth_ioi() -> None:
-    ctx = _ctx("zoo:synth", "kl", n=2)
+    ctx = method_context("zoo:synth", "kl", n=2)
     taus = [0.05, 0.5]
     sweep = acdc_fast(ctx, taus, rows=4)
     for i, tau in enumerate(taus):
@@ -175,7 +165,7 @@ def test_rows_follow_the_predictions() -> None:
 def test_any_predictions_give_the_reference_decisions(incremental: bool, monkeypatch) -> None:
     """Predictions only decide how rows are built: coin-flip ones, right and wrong in both
     directions and across the taus of a sweep, change no decision."""
-    ctx = _ctx("random:tiny@6", "kl", "resample", n=6)
+    ctx = method_context("random:tiny@6", "kl", "resample", n=6)
     taus = [0.03, 0.001, 0.01, 0.003]
     refs = [acdc_reference(ctx, t) for t in taus]
     gen = torch.Generator().manual_seed(3)
@@ -183,7 +173,7 @@ def test_any_predictions_give_the_reference_decisions(incremental: bool, monkeyp
     def coin_flips(self, edges: list[int], rate: float, stage: int) -> list[float]:
         return torch.rand(len(edges), generator=gen, dtype=torch.float64).tolist()
 
-    monkeypatch.setattr(acdc_module._KeepModel, "p_keep", coin_flips)
+    monkeypatch.setattr(acdc_module.KeepModel, "p_keep", coin_flips)
     for rows in (3, 7):
         sweep = acdc_fast(ctx, taus, rows=rows, incremental=incremental)
         for i, ref in enumerate(refs):
@@ -191,7 +181,7 @@ def test_any_predictions_give_the_reference_decisions(incremental: bool, monkeyp
 
 
 def test_predictions_save_rows_on_zoo_synth() -> None:
-    ctx = _ctx("zoo:synth", "kl", n=8, dtype="float32")
+    ctx = method_context("zoo:synth", "kl", n=8, dtype="float32")
     plain = acdc_fast(ctx, 0.01, rows=8, predict=False)
     predicted = acdc_fast(ctx, 0.01, rows=8)
     assert torch.equal(plain.keep, predicted.keep)
@@ -203,52 +193,12 @@ def test_predictions_save_rows_on_zoo_synth() -> None:
 
 # --- a model whose circuit is known ---------------------------------------------------------
 
-V, P = 5, 4  # tokens, positions
-
-
-def _copy_model():
-    """Attention-only, 2 layers x 2 heads, no LayerNorm. a0.h0 moves the first token to every
-    position (subspace M); a1.h0 at the last position reads M at its own position and
-    writes to subspace O, which the unembedding reads. Every other weight is zero."""
-    tok, pos, mov, out = 0, V, V + P, 2 * V + P
-    d = 3 * V + P
-    cfg = dict(
-        n_layers=2, d_model=d, n_heads=2, d_head=V, n_ctx=P, d_vocab=V, attn_only=True,
-        normalization_type=None, positional_embedding_type="standard", act_fn="relu",
-    )
-    model = build_from_config(cfg, None, None, "hand:copy", dtype=torch.float64)
-    tl = model.model
-    s = 6.0
-    with torch.no_grad():
-        for p in tl.parameters():
-            p.zero_()
-        tl.embed.W_E[:, tok:pos] = torch.eye(V)
-        tl.pos_embed.W_pos[:, pos : pos + P] = torch.eye(P)
-        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
-        a0.W_Q[0, pos : pos + P, 0] = s  # every position asks ...
-        a0.W_K[0, pos, 0] = s  # ... for position 0
-        a0.W_V[0, tok:pos, :] = torch.eye(V)
-        a0.W_O[0, :, mov : mov + V] = torch.eye(V)
-        a1.W_Q[0, pos + P - 1, 0] = s  # the last position asks for itself
-        a1.W_K[0, pos + P - 1, 0] = s
-        a1.W_V[0, mov : mov + V, :] = torch.eye(V)
-        a1.W_O[0, :, out : out + V] = torch.eye(V)
-        tl.unembed.W_U[out : out + V, :] = 4 * torch.eye(V)
-    return model
-
 
 def test_known_circuit_is_found() -> None:
-    model = _copy_model()
+    model = copy_model()
     graph = EdgeGraph(model.shape)
-    clean = [[a, (a + 1) % V, (a + 2) % V, (a + 3) % V] for a in range(V)]
-    corrupted = [[(r[0] + 2) % V, *r[1:]] for r in clean]
-    data = TaskData(
-        name="copy", clean=clean, corrupted=corrupted, correct=[r[0] for r in clean],
-        incorrect=[r[0] for r in corrupted], metric="kl", prepend_bos=False,
-    )
-    task = resolve_task(data, None, V, P)
-    ctx = MethodContext(model, graph, task, "kl", "resample", {}, 8)
-    expected = {"input->a0.h0<v>", "a0.h0->a1.h0<v>", "a1.h0->logits"}
+    ctx = MethodContext(model, graph, copy_task("kl"), "kl", "resample", 8)
+    expected = COPY_CIRCUIT
     ref = acdc_reference(ctx, 0.1)
     fast = acdc_fast(ctx, 0.1, rows=3)
     for run in (ref, fast):
@@ -262,7 +212,7 @@ def test_known_circuit_is_found() -> None:
 
 
 def test_sweep_equals_single_runs() -> None:
-    ctx = _ctx("random:tiny@6", "kl", "resample", n=6)
+    ctx = method_context("random:tiny@6", "kl", "resample", n=6)
     taus = [0.03, 0.001, 0.01, 0.003, 0.1]
     sweep = acdc_fast(ctx, taus, rows=4)
     assert sweep.taus == taus
@@ -273,8 +223,7 @@ def test_sweep_equals_single_runs() -> None:
     counts = [int(k.sum()) for k in sweep.keep]
     assert len(set(counts)) >= 3  # the taus give different circuits
     assert sweep.evaluations < sum(s.evaluations for s in singles)  # shared tests ran once
-    ctx.params = {"tau": taus, "acdc_batch": 4}
-    res = run_acdc(ctx)
+    res = score_acdc(ctx, _params(ctx, tau=taus), rows=4)
     largest = res.info["largest_surviving_tau"]
     for name, tau in largest.items():
         e = ctx.graph.edge_index[name]
@@ -287,8 +236,8 @@ def test_sweep_equals_single_runs() -> None:
 
 
 def test_run_acdc_result_and_info() -> None:
-    ctx = _ctx("random:tiny@0", "logit_diff", params={"tau": 0.05})
-    res = run_acdc(ctx)
+    ctx = method_context("random:tiny@0", "logit_diff")
+    res = score_acdc(ctx, _params(ctx, tau=0.05))
     ref = acdc_reference(ctx, 0.05)
     assert res.keep is not None and res.keep.dtype == torch.bool
     assert torch.equal(res.keep, ref.keep[0])
@@ -299,16 +248,15 @@ def test_run_acdc_result_and_info() -> None:
     assert info["evaluations"] >= ref.evaluations and info["evaluations_saved"] == 0
     assert info["prefilter"] is None and "largest_surviving_tau" not in info
     with pytest.raises(ValueError, match="tau"):
-        run_acdc(_ctx("random:tiny@0", params={"tau": "x"}))
+        _params(ctx, tau="x")
 
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
 def test_prefilter_reduces_evaluations(method: str) -> None:
-    ctx = _ctx("random:tiny@7", "logit_diff", "resample", params={"tau": 0.02, "acdc_batch": 1})
-    plain = run_acdc(ctx)
-    ctx.params = {"tau": 0.02, "acdc_batch": 1, "prefilter_top_n": 30, "prefilter_method": method,
-                  "ig_steps": 3}
-    pre = run_acdc(ctx)
+    ctx = method_context("random:tiny@7", "logit_diff", "resample")
+    plain = score_acdc(ctx, _params(ctx, tau=0.02), rows=1)
+    params = _params(ctx, tau=0.02, prefilter_top_n=30, prefilter_method=method, ig_steps=3)
+    pre = score_acdc(ctx, params, rows=1)
     figures = pre.info["prefilter"]
     assert figures["edges_selected"] == 30 and figures["method"] == method
     assert figures["edges_kept"] == 30 - figures["edges_dropped_inputless"]
@@ -316,7 +264,7 @@ def test_prefilter_reduces_evaluations(method: str) -> None:
     assert pre.info["evaluations_saved"] > 0
     assert pre.keep is not None and int(pre.keep.sum()) <= 30
     # the same circuit as the reference started from the prefiltered set
-    start, _ = prefilter(ctx)
+    start, _ = prefilter(ctx, params)
     assert start is not None
     ref = acdc_reference(ctx, 0.02, start=start)
     assert torch.equal(pre.keep, ref.keep[0])
@@ -325,7 +273,7 @@ def test_prefilter_reduces_evaluations(method: str) -> None:
 
 
 def test_dropping_inputless_nodes_is_exact_under_resample() -> None:
-    ctx = _ctx("random:tiny@9", "logit_diff", "resample")
+    ctx = method_context("random:tiny@9", "logit_diff", "resample")
     graph, engine = ctx.graph, PatchingEngine(ctx.model, ctx.graph)
     keep = torch.zeros(graph.n_edges, dtype=torch.bool)
     keep[torch.randperm(graph.n_edges, generator=torch.Generator().manual_seed(0))[:15]] = True
@@ -348,19 +296,19 @@ def test_progress_and_cancel_within_one_batch() -> None:
         if len(reports) == state["stop_after"]:
             state["stopped_at"] = len(reports)
 
-    ctx = _ctx("random:tiny@8", params={"tau": 0.01, "acdc_batch": 3})
+    ctx = method_context("random:tiny@8")
     ctx.progress = progress
     ctx.should_stop = lambda: state["stopped_at"] is not None
     with pytest.raises(Cancelled):
-        run_acdc(ctx)
+        score_acdc(ctx, _params(ctx, tau=0.01), rows=3)
     assert state["stopped_at"] == len(reports)  # no batch ran after the request
     assert all("evaluations" in s for _, s in reports)
     fractions = [f for f, _ in reports]
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] < 1
 
     full: list[float] = []
-    ctx = _ctx("random:tiny@8", params={"tau": 0.01, "acdc_batch": 3})
+    ctx = method_context("random:tiny@8")
     ctx.progress = lambda f, s: full.append(f)
-    res = run_acdc(ctx)
+    res = score_acdc(ctx, _params(ctx, tau=0.01), rows=3)
     assert math.isclose(full[-1], 1.0) and full == sorted(full)
     assert len(full) >= res.info["evaluations"] / 3  # at least one report per batch

@@ -23,7 +23,7 @@ from circuitd.attribution import (
 )
 from circuitd.models.registry import load_model
 from circuitd.transcoders import random_transcoders
-from graphs.attribution import check_nodes, logit_weights, normalized_abs
+from graphs.attribution_graph import check_nodes, logit_weights, normalized_abs
 
 TOL = dict(atol=1e-4, rtol=0.0)
 # (preset, transcoder kind, activation, skip)
@@ -39,7 +39,7 @@ IDS = ["-".join(str(x) for x in s) for s in SETUPS]
 
 def _context(preset: str, kind: str, activation: str, skip: bool, d_tc: int = 32, n_pos: int = 6):
     adapter = load_model(f"random:{preset}@0")
-    cfg = adapter.model.cfg
+    cfg = adapter.shape
     tcs = random_transcoders(cfg.n_layers, cfg.d_model, d_tc, kind, activation, skip, seed=1)
     tokens = torch.randint(0, cfg.d_vocab, (n_pos,), generator=torch.Generator().manual_seed(2))
     return record(adapter, tcs, tokens)

@@ -14,7 +14,7 @@ from circuitd.errors import CircuitdError
 from circuitd.spec import JobSpec
 from circuitd.transcoders import random_transcoders, save
 from graphs import from_node_link, to_node_link
-from graphs.attribution import from_networkx, graph_parts
+from graphs.attribution_graph import from_networkx, graph_parts
 from graphs.attribution_queries import logit_nodes, paths_to_logit, reprune, top_features
 from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
 
@@ -51,13 +51,13 @@ def test_spec_rules():
         JobSpec(**base, prompt=[1, 2], target_tokens=[3], logit_diff=[1, 2])
     with pytest.raises(ValidationError, match="node_threshold"):
         JobSpec(**base, prompt=[1, 2], node_threshold=1.5)
-    with pytest.raises(ValidationError, match="max_feature_nodes: 100000 exceeds the limit"):
+    with pytest.raises(ValidationError, match=r"params.max_feature_nodes\n.*100000 exceeds the limit"):
         JobSpec(**base, prompt=[1, 2], max_feature_nodes=100_000)
     with pytest.raises(ValidationError, match="prompt: only for attribution-graph, not eap-ig"):
         JobSpec(model="random:small", task="random", prompt="x")
     with pytest.raises(ValidationError, match="transcoders: only for attribution-graph, not acdc"):
         JobSpec(model="random:small", task="random", method="acdc", transcoders="/tmp")
-    with pytest.raises(ValidationError, match="top_n: only for the edge methods, not attribution-graph"):
+    with pytest.raises(ValidationError, match="top_n: only for eap, eap-ig, acdc, not attribution-graph"):
         JobSpec(**base, prompt=[1, 2], top_n=5)
     with pytest.raises(ValidationError, match=r"target_tokens\[1\]: repeats an earlier entry"):
         JobSpec(**base, prompt=[1, 2], target_tokens=[5, 5])
@@ -65,7 +65,7 @@ def test_spec_rules():
         JobSpec(**base, prompt=[1, 2], logit_diff=["a", "a"])
     with pytest.raises(ValidationError, match=r"validate_nodes\[1\]: repeats"):
         JobSpec(**base, prompt=[1, 2], validate_nodes=["x", "x"])
-    with pytest.raises(ValidationError, match="max_n_logits: 1000 exceeds the limit of 64"):
+    with pytest.raises(ValidationError, match=r"params.max_n_logits\n.*1000 exceeds the limit of 64"):
         JobSpec(**base, prompt=[1, 2], max_n_logits=1000)
     with pytest.raises(ValidationError, match="validate_scale"):
         JobSpec(**base, prompt=[1, 2], validate_scale=float("nan"))
@@ -79,6 +79,7 @@ def test_spec_rules():
 def test_metrics_and_graphs_agree(result):
     spec, r = result
     m = r.metrics
+    assert r.graph.graph["format"] == r.full_graph.graph["format"] == "circuitd.attribution-graph/1"
     full = from_networkx(_stored(r))
     scores = full.scores()
     assert m["replacement_score"] == pytest.approx(scores["replacement_score"], rel=1e-12)
@@ -104,7 +105,7 @@ def test_reprune_from_storage_needs_no_recomputation(result, tc_dir):
     assert set(recomputed.nodes) == set(r.graph.nodes) and set(recomputed.edges) == set(r.graph.edges)
     looser = reprune(stored, 0.9, 0.99)
     assert looser.number_of_nodes() >= again.number_of_nodes() and "adjacency" not in looser.graph
-    spec2 = spec.model_copy(update={"node_threshold": 0.9, "edge_threshold": 0.99})
+    spec2 = spec.replace(node_threshold=0.9, edge_threshold=0.99)
     fresh = discover(spec2)
     assert set(fresh.graph.nodes) == set(looser.nodes) and set(fresh.graph.edges) == set(looser.edges)
 
@@ -141,7 +142,7 @@ def test_validation_in_the_job(result, tc_dir):
     spec, r = result
     feats = top_features(_stored(r), 2)
     chosen = [f["id"] for f in feats]
-    out = discover(spec.model_copy(update={"validate_nodes": chosen, "validate_scale": 1.001}))
+    out = discover(spec.replace(validate_nodes=chosen, validate_scale=1.001))
     v = out.metrics["validation"]
     assert v["nodes"] == chosen and v["scale"] == 1.001
     assert len(v["targets"]) == sum(1 for _, d in r.full_graph.nodes(data=True) if d["kind"] == "logit")
@@ -149,7 +150,7 @@ def test_validation_in_the_job(result, tc_dir):
         assert t["actual_direct"] == pytest.approx(t["predicted_direct"], abs=1e-4)
         assert t["actual"] == pytest.approx(t["predicted"], abs=2e-5, rel=1e-2)
     with pytest.raises(CircuitdError, match=r"validate_nodes\[0\]: no node 'nope'"):
-        discover(spec.model_copy(update={"validate_nodes": ["nope"]}))
+        discover(spec.replace(validate_nodes=["nope"]))
 
 
 def test_graph_parts_of_a_pruned_graph(result):
@@ -162,7 +163,7 @@ def test_graph_parts_of_a_pruned_graph(result):
 
 def test_max_feature_nodes_in_the_spec(result, tc_dir):
     spec, r = result
-    capped = discover(spec.model_copy(update={"max_feature_nodes": 20, "batch_size": 8}))
+    capped = discover(spec.replace(max_feature_nodes=20, batch_size=8))
     m = capped.metrics
     assert m["n_features"] == 20 < m["n_active_features"] == r.metrics["n_active_features"]
     n_logits = sum(1 for _, d in capped.full_graph.nodes(data=True) if d["kind"] == "logit")
@@ -170,22 +171,23 @@ def test_max_feature_nodes_in_the_spec(result, tc_dir):
 
 
 def test_targets_that_tokenize_alike_are_refused():
+    from circuitd.attribution.explain import target_kwargs
     from circuitd.errors import TaskError
-    from circuitd.methods.attribution_graph import target_kwargs
     from circuitd.models.registry import load_model
 
     model = load_model("zoo:synth")
     base = dict(model="zoo:synth", method="attribution-graph", prompt="a b")
     spec = JobSpec(**base, target_tokens=["Mary", " Mary"])
     with pytest.raises(TaskError, match=r"target_tokens\[1\]: the same token as target_tokens\[0\]"):
-        target_kwargs(spec, model)
+        target_kwargs(spec.params, model)
     spec = JobSpec(**base, logit_diff=[" Mary", "John"])
-    assert target_kwargs(spec, model)["logit_diff"][0] != target_kwargs(spec, model)["logit_diff"][1]
+    correct, incorrect = target_kwargs(spec.params, model)["logit_diff"]
+    assert correct != incorrect
 
 
 def test_stored_form_is_compact_and_exact(result):
     """The stored full graph carries the matrix in a few bytes per entry, exactly."""
-    from graphs.attribution import decode_matrix, encode_matrix, to_networkx
+    from graphs.attribution_graph import decode_matrix, encode_matrix, to_networkx
 
     _, r = result
     full = from_networkx(_stored(r))

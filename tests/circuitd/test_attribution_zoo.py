@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from circuitd.methods.attribution_graph import default_transcoders, load_transcoders
 from circuitd.models.registry import load_model
-from circuitd.transcoder_train import TrainSettings, _sequences, agreement, collect, layer_figures
+from circuitd.transcoders.sources import default_transcoders, load_transcoders
+from circuitd.transcoders.train import TrainSettings, _sequences, agreement, collect, layer_figures
 from graphs import read_json
 from graphs.neuronpedia import validate_neuronpedia
 

@@ -49,7 +49,8 @@ def test_discover_writes_node_link(tmp_path: Path) -> None:
     assert "faithfulness" in run.stdout.strip().splitlines()[-1]
     data = json.loads(out_file.read_text())
     g = data["graph"]
-    assert {"model", "task", "method", "params", "versions", "metrics"} <= set(g)
+    assert {"format", "model", "task", "method", "params", "versions", "metrics"} <= set(g)
+    assert g["format"] == "circuitd.edge-circuit/1"
     m = g["metrics"]
     for key in ("faithfulness", "n_edges", "n_edges_total", "metric_full", "metric_empty", "metric_circuit"):
         assert key in m
@@ -70,3 +71,12 @@ def test_discover_writes_node_link(tmp_path: Path) -> None:
     assert last.startswith("faithfulness:")
     assert abs(float(last.split()[-1]) - m["faithfulness"]) < 1e-4
     assert "CPR:" in ev.stdout
+
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({**data, "graph": {**g, "format": "circuitd.edge-circuit/2"}}))
+    for cmd in (["summary", str(future)], ["evaluate", "--model", "random:tiny@1", "--task", "random",
+                                           "--circuit", str(future)]):
+        refused = circuitd(*cmd)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+        assert "graph.format: 'circuitd.edge-circuit/2' is newer than this circuitd reads" in lines[0]

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from circuitd import metrics
-from circuitd.methods import get_method
-from circuitd.methods.base import MethodContext
-from tests.conftest import random_setup
+from circuitd.edge_context import MethodContext
+from circuitd.methods.eap import EAPIGParams, EAPParams
+from circuitd.methods.eap_scores import score_eap, score_eap_ig
+from tests.support.models import random_setup
 
 
 @pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
@@ -17,7 +18,7 @@ def test_eap_method_is_dataset_mask_gradient(ablation: str, metric_name: str) ->
     """Minibatches of 2 over 5 prompts give the gradient of the whole-dataset mean metric."""
     model, graph, engine, task, b = random_setup("random:tiny@3", n=5, metric=metric_name)
     ctx = MethodContext(model, graph, task, metric_name, ablation, batch_size=2)
-    scores = get_method("eap")(ctx).scores
+    scores = score_eap(ctx, EAPParams()).scores
     mean = engine.mean_sources([(b.corrupted, b.token_mask)])
     ablated = engine.ablated_sources(ablation, b.corrupted, mean)
     alpha = torch.zeros(graph.n_edges, requires_grad=True)
@@ -28,24 +29,23 @@ def test_eap_method_is_dataset_mask_gradient(ablation: str, metric_name: str) ->
 
 def test_eap_ig_one_step_is_eap(random_model_id: str) -> None:
     model, graph, _, task, _ = random_setup(random_model_id, n=6)
-    eap = get_method("eap")(MethodContext(model, graph, task, "logit_diff", batch_size=4)).scores
-    ctx = MethodContext(model, graph, task, "logit_diff", params={"ig_steps": 1}, batch_size=4)
-    ig1 = get_method("eap-ig")(ctx).scores
+    ctx = MethodContext(model, graph, task, "logit_diff", batch_size=4)
+    eap = score_eap(ctx, EAPParams()).scores
+    ig1 = score_eap_ig(ctx, EAPIGParams(ig_steps=1)).scores
     torch.testing.assert_close(ig1, eap, atol=1e-7, rtol=0)
-    ctx.params["ig_steps"] = 5
-    ig5 = get_method("eap-ig")(ctx).scores
+    ig5 = score_eap_ig(ctx, EAPIGParams(ig_steps=5)).scores
     assert (ig5 - eap).abs().max() > 1e-4  # more steps do change the scores
 
 
 def test_progress_and_cancel() -> None:
-    from circuitd.methods.base import Cancelled
+    from circuitd.progress import Cancelled
 
     model, graph, _, task, _ = random_setup("random:tiny@0", n=6)
     seen: list[float] = []
     ctx = MethodContext(model, graph, task, "logit_diff", batch_size=2, progress=lambda f, s: seen.append(f))
-    get_method("eap")(ctx)
+    score_eap(ctx, EAPParams())
     assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
     calls = iter([False, True])
     ctx = MethodContext(model, graph, task, "logit_diff", batch_size=2, should_stop=lambda: next(calls))
     with pytest.raises(Cancelled):
-        get_method("eap")(ctx)
+        score_eap(ctx, EAPParams())

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 from circuitd.edges import EdgeGraph, count_edges
-from circuitd.models.registry import RANDOM_PRESETS, model_shape
+from circuitd.models.ids import RANDOM_PRESETS
+from circuitd.models.registry import model_shape
 
 
 @pytest.mark.parametrize("split,expected", [(True, 32491), (False, 11611)])

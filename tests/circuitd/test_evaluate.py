@@ -3,9 +3,9 @@ import math
 import torch
 
 from circuitd import metrics
+from circuitd.edge_context import MethodContext
 from circuitd.evaluate import Evaluator, _trapezoid
-from circuitd.methods.base import MethodContext
-from tests.conftest import random_setup
+from tests.support.models import random_setup
 
 
 def test_full_and_empty_circuits() -> None:

@@ -8,9 +8,8 @@ import torch
 from circuitd import metrics
 from circuitd.batch import TaskBatch
 from circuitd.edges import EdgeGraph
-from circuitd.incremental import IncrementalPass
-from circuitd.patching import PatchingEngine, clean_prefix
-from tests.conftest import random_setup
+from circuitd.patching import IncrementalPass, PatchingEngine, clean_prefix
+from tests.support.models import random_setup
 
 
 def _answers(engine, b, ablated, keep: torch.Tensor) -> torch.Tensor:

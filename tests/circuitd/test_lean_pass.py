@@ -9,8 +9,9 @@ import torch
 from circuitd import metrics
 from circuitd.batch import TaskBatch
 from circuitd.edges import EdgeGraph
-from circuitd.models.adapter import build_from_config
-from circuitd.patching import PatchingEngine, _BufferSink, _source_hooks
+from circuitd.models.loading import build_from_config
+from circuitd.patching import PatchingEngine
+from circuitd.patching.engine import _BufferSink, _source_hooks
 from circuitd.tasks import load_task_data, resolve_task
 
 BASE = dict(
@@ -33,7 +34,7 @@ VARIANTS = {
 def _model(variant: str, seed: int = 1):
     model = build_from_config(dict(BASE, **VARIANTS[variant], seed=seed), None, None, f"test:{variant}")
     with torch.no_grad():  # LayerNorm scales and shifts and every bias away from their defaults
-        for name, p in model.model.named_parameters():
+        for name, p in model.named_parameters():
             if name.endswith((".w", ".b")) or ".b_" in name:
                 p.add_(0.2 * torch.randn_like(p))
     return model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitd import metrics
-from tests.conftest import random_setup
+from tests.support.models import random_setup
 
 
 def test_all_edges_kept_is_clean(random_model_id: str) -> None:
@@ -105,7 +105,7 @@ def _brute_force_edge(tl_model, edge: str, clean: torch.Tensor, corrupted_cache)
 def test_single_edge_patching_matches_brute_force(seed: int, split: bool, request) -> None:
     request_cleanup = request.addfinalizer
     model, graph, engine, _, b = random_setup(f"random:tiny@{seed}", split, n=3, seed=seed)
-    tl_model = model.model
+    tl_model = model.hooked_transformer
     tl_model.set_use_attn_result(True)  # the brute force reads TransformerLens's own head outputs
     request_cleanup(lambda: tl_model.set_use_attn_result(False))
     _, corrupted_cache = tl_model.run_with_cache(b.corrupted)
@@ -148,7 +148,7 @@ def test_eap_is_the_mask_gradient(random_model_id: str, metric_name: str) -> Non
 def test_eap_ig_matches_hand_riemann_sum(request) -> None:
     """EAP-IG (inputs) by its definition, with TransformerLens hooks and autograd."""
     model, graph, engine, _, b = random_setup("random:tiny@7", n=4)
-    tl = model.model
+    tl = model.hooked_transformer
     steps = 4
     ablated = engine.ablated_sources("resample", b.corrupted)
 

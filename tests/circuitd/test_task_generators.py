@@ -8,10 +8,10 @@ import re
 import pytest
 
 from circuitd.errors import TaskError
-from circuitd.models.registry import ZOO_DIR
-from circuitd.models.tokenizer import WordTokenizer, build_word_tokenizer
+from circuitd.models.ids import ZOO_DIR
 from circuitd.tasks import greater_than, induction, ioi, load_task_data, resolve_task
 from circuitd.tasks.vocab import NAMES, TWO_DIGITS
+from circuitd.tokenizer import WordTokenizer, build_word_tokenizer
 
 GENERATORS = {"ioi": ioi, "greater_than": greater_than, "induction": induction}
 

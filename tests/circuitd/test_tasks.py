@@ -3,8 +3,8 @@ import json
 import pytest
 
 from circuitd.errors import TaskError
-from circuitd.models.tokenizer import WordTokenizer, build_word_tokenizer
 from circuitd.tasks import load_task_data, resolve_task, task_data_from_json
+from circuitd.tokenizer import WordTokenizer, build_word_tokenizer
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from circuitd.errors import CircuitdError
-from circuitd.methods.attribution_graph import load_transcoders
 from circuitd.models.registry import load_model
-from circuitd.transcoder_train import TrainSettings, layer_figures, train_layer
 from circuitd.transcoders import TranscoderSet, load
+from circuitd.transcoders.sources import load_transcoders
+from circuitd.transcoders.train import TrainSettings, layer_figures, train_layer
 
 
 @pytest.mark.parametrize("activation", ["topk", "relu"])

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from circuitd.models.registry import ZOO_DIR, load_model
+from circuitd.models.ids import ZOO_DIR
+from circuitd.models.registry import load_model
 from circuitd.models.zoo_train import heldout_accuracy, is_heldout, vocabulary
 
 SYNTH = ZOO_DIR / "synth"

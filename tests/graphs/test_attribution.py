@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphs import from_node_link, to_node_link
-from graphs.attribution import (
+from graphs.attribution_graph import (
     AttributionGraph,
     Node,
     completeness_score,

@@ -1,6 +1,10 @@
 import json
+import re
+
+import pytest
 
 from graphs import build_edge_circuit, from_node_link, read_json, summarize, to_node_link, write_json
+from graphs.formats import EDGE_CIRCUIT_FORMAT
 
 NAMES = ["input->a0.h0<q>", "input->a0.h0<k>", "a0.h0->m1", "m1->logits", "a0.h1->logits"]
 SCORES = [0.5, -0.25, 1.0, 2.0, 0.01]
@@ -41,3 +45,23 @@ def test_all_edges_marks_the_circuit() -> None:
 def test_summary_mentions_the_figures() -> None:
     text = summarize(build_edge_circuit(NAMES, SCORES, KEEP, META))
     assert "edges: 4 of 5" in text and "faithfulness: 0.9" in text and "m1->logits" in text
+
+
+def test_every_graph_names_its_format_and_newer_majors_are_refused(tmp_path) -> None:
+    g = build_edge_circuit(NAMES, SCORES, KEEP, META)
+    data = to_node_link(g)
+    assert data["graph"]["format"] == EDGE_CIRCUIT_FORMAT == "circuitd.edge-circuit/1"
+    for readable in ("circuitd.edge-circuit/1", "circuitd.edge-circuit/1.3", None):  # None: before versions
+        doc = {**data, "graph": {**data["graph"], "format": readable}}
+        assert from_node_link(doc).number_of_edges() == 4
+    for bad, why in [
+        ("circuitd.edge-circuit/2", "newer than this circuitd reads (circuitd.edge-circuit/1)"),
+        ("circuitd.attribution-graph/7", "newer than this circuitd reads (circuitd.attribution-graph/1)"),
+        ("someone.else/1", "is not a circuitd graph format"),
+        ("circuitd.edge-circuit", "has no major version"),
+    ]:
+        path = tmp_path / "future.json"
+        path.write_text(json.dumps({**data, "graph": {**data["graph"], "format": bad}}))
+        with pytest.raises(ValueError, match=re.escape(why)) as info:
+            read_json(path)
+        assert str(info.value).startswith(f"graph.format: '{bad}'") and "\n" not in str(info.value)

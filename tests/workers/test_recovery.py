@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.workers.harness import (
+from tests.support.service import (
     CLI,
     ROOT,
     TINY,

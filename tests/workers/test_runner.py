@@ -9,9 +9,9 @@ import pytest
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
-from circuitd.methods.base import Cancelled
+from circuitd.progress import Cancelled
 from circuitd.store import Store
-from tests.workers.harness import TINY
+from tests.support.service import TINY
 from workers.runner import execute, is_out_of_memory
 
 
@@ -182,12 +182,12 @@ def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch
     monkeypatch.setenv("CIRCUITD_DATABASE_URL", url)
     get_settings.cache_clear()
     try:
-        from workers import tasks
+        from workers import jobs
 
         store = Store(url)
         job_id = _job(store)
         store.claim(job_id, "h:1")
-        tasks._hard_time_limit(sender=tasks.run_job, exception=TimeLimitExceeded(7), args=[job_id])
+        jobs._hard_time_limit(sender=jobs.run_job, exception=TimeLimitExceeded(7), args=[job_id])
         job = store.get_job(job_id)
         assert job.status == "failed"
         assert job.error == "time limit: killed after 7 s (CIRCUITD_JOB_TIME_LIMIT)"

@@ -1,8 +1,9 @@
-"""What every method receives and returns.
+"""What an edge method and the circuit evaluator receive, and what an edge method returns.
 
-A method is ``run(ctx) -> MethodResult``: it reads the model, edge graph, task, metric,
-ablation and its own parameters from the context, reports progress through it, and
-returns one score per edge of the graph (larger |score| = more important).
+An edge method's ``score(ctx, params) -> MethodResult`` reads the model, edge graph, task,
+metric and ablation from the context and its typed parameters from ``params``, reports
+progress through the context, and returns one score per edge of the graph (larger
+|score| = more important); :mod:`circuitd.methods.edge_run` does the rest.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ import torch
 from circuitd import metrics
 from circuitd.batch import TaskBatch, iter_batches
 from circuitd.edges import EdgeGraph
-from circuitd.errors import CircuitdError
 from circuitd.models.adapter import ModelAdapter
 from circuitd.patching import PatchingEngine
+from circuitd.progress import Cancelled, Progress, ShouldStop
 from circuitd.tasks.base import Task
-
-Progress = Callable[[float, str], None]
-ShouldStop = Callable[[], bool]
-
-
-class Cancelled(CircuitdError):
-    """The run was asked to stop."""
 
 
 @dataclass
@@ -36,7 +30,6 @@ class MethodContext:
     task: Task
     metric: str
     ablation: str = "resample"
-    params: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32
     progress: Progress | None = None
     should_stop: ShouldStop | None = None

@@ -1,8 +1,10 @@
 """The service's commands: ``up``, ``api``, ``worker`` (run it), ``submit``, ``status``,
 ``download`` (talk to it over HTTP) and ``keys`` (manage API keys in the store).
 
-``circuitd.cli.build_parser`` calls ``add_service_commands``; ``python -m circuitd.service_cli``
-runs these commands alone. Nothing here imports torch: the worker's pool child does that.
+``circuitd.cli.build_parser`` calls ``add_service_commands``; ``python -m circuitd.cli.service``
+runs these commands alone. Nothing here imports torch: the worker's pool child does that. Nor
+does anything here import the ``workers`` or ``api`` packages: the worker and the API are
+started by their import strings (Celery's ``-A``, uvicorn's app), so the core depends on neither.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from circuitd.errors import CircuitdError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+WORKER_APP = "workers.app:app"  # the Celery app, for Celery's -A
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -66,9 +69,11 @@ def worker_argv(queues: str, name: str, loglevel: str = "INFO", concurrency: int
 def cmd_worker(args: argparse.Namespace) -> int:
     _set_env(CIRCUITD_BROKER_URL=args.broker, CIRCUITD_DATABASE_URL=args.database)
     queues = _queues(args.queues)
-    from workers.app import app
+    from celery.bin.celery import celery
 
-    app.worker_main(worker_argv(queues, args.name, args.loglevel, args.concurrency))
+    # Celery's own command line, in this process (as Celery.worker_main runs it), given the app by name.
+    celery.main(args=["-A", WORKER_APP, *worker_argv(queues, args.name, args.loglevel, args.concurrency)],
+                standalone_mode=False)
     return 0
 
 
@@ -127,7 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _ensure_key(data_dir, database_url)
     queues = _queues("cpu,gpu")
     py = sys.executable
-    worker = [py, "-m", "celery", "-A", "workers.app", *worker_argv(queues, "circuitd-up@%h", args.loglevel)]
+    worker = [py, "-m", "celery", "-A", WORKER_APP, *worker_argv(queues, "circuitd-up@%h", args.loglevel)]
     api = [py, "-m", "uvicorn", "api.app:app", "--host", args.host, "--port", str(args.port),
            "--log-level", args.loglevel.lower()]
     procs = [subprocess.Popen(worker, env=env), subprocess.Popen(api, env=env)]
@@ -364,7 +369,7 @@ def add_service_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m circuitd.service_cli``: these commands without the rest of ``circuitd``."""
+    """``python -m circuitd.cli.service``: these commands without the rest of ``circuitd``."""
     parser = argparse.ArgumentParser(prog="circuitd", description="The circuitd service.")
     add_service_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,14 +1,20 @@
-"""The ``circuitd`` command. Errors a user can act on end as one line and exit status 2."""
+"""The analysis commands, run in-process: ``edges``, ``discover``, ``evaluate``, ``validate-graph``,
+``reprune`` and ``summary``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from circuitd.cli.method_flags import add_method_flags, method_params
 from circuitd.errors import CircuitdError
+from circuitd.methods import METHODS
+from circuitd.names import ABLATIONS, METRICS
+from circuitd.spec import DEFAULT_METHOD
 
-Command = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from circuitd.methods.contract import Result
+    from circuitd.spec import JobSpec
 
 
 def cmd_edges(args: argparse.Namespace) -> int:
@@ -21,46 +27,6 @@ def cmd_edges(args: argparse.Namespace) -> int:
     print(f"sources: {graph.n_sources}")
     print(f"q/k/v split: {'no' if args.no_split_qkv else 'yes'}")
     print(f"edges: {graph.n_edges}")
-    return 0
-
-
-def cmd_zoo_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from circuitd.models import zoo_train
-    from circuitd.models.registry import ZOO_DIR
-
-    if args.name != "synth":
-        raise CircuitdError(f"zoo: no recipe to train '{args.name}' (available: synth)")
-    out = Path(args.out) if args.out else ZOO_DIR / args.name
-    zoo_train.train_synth(out, steps=args.steps, seed=args.seed)
-    return 0
-
-
-def cmd_transcoders_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    import torch
-
-    from circuitd.methods.attribution_graph import TRANSCODERS_SUBDIR
-    from circuitd.models.registry import ZOO_DIR, load_model, parse_model_id
-    from circuitd.transcoder_train import TrainSettings, train_transcoders, write_set
-
-    ref = parse_model_id(args.model)
-    if args.out is None and ref.kind != "zoo":
-        raise CircuitdError("--out: required unless the model is a zoo model (its set goes into the zoo)")
-    out = args.out or ZOO_DIR / ref.name / TRANSCODERS_SUBDIR
-    given = {f.name: getattr(args, f.name) for f in fields(TrainSettings)}
-    given = {k: v for k, v in given.items() if v is not None}
-    given.setdefault("corpus", "synth" if args.model == "zoo:synth" else "tasks")
-    settings = TrainSettings(**given)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tset, card = train_transcoders(load_model(args.model, args.device), settings)
-    write_set(tset, card, out)
-    fve = " ".join(f"{f['fve']:.3f}" for f in card["layers"])
-    print(f"transcoders for {args.model} -> {out}: variance explained per layer {fve}, mean L0 "
-          f"{card['mean_l0']:.1f}, replacement top-1 agreement {card['replacement_top1_agreement']:.3f}")
     return 0
 
 
@@ -77,15 +43,15 @@ def _task_arg(value: str):
     return load_task_data(value, None, 0)
 
 
-def _spec_from_args(args: argparse.Namespace, **extra):
+def _spec_from_args(args: argparse.Namespace, method: str, params: dict[str, Any]) -> JobSpec:
+    """The job spec of the command line: the task flags, ``method`` and its ``params``."""
     from pydantic import ValidationError
 
     from circuitd.spec import JobSpec, spec_error_line
 
     fields = dict(
-        model=args.model, task=_task_arg(args.task), metric=args.metric, ablation=args.ablation,
-        n_prompts=args.n_prompts, seed=args.seed, split_qkv=not args.no_split_qkv,
-        batch_size=args.batch_size, device=args.device, **extra,
+        model=args.model, task=_task_arg(args.task), n_prompts=args.n_prompts, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, method=method, params=params,
     )
     try:
         return JobSpec(**fields)
@@ -109,16 +75,6 @@ class _Bar:
         self.bar.close()
 
 
-def _attribution_fields(args: argparse.Namespace) -> dict:
-    """The attribution-graph flags as spec fields (the spec refuses them for other methods)."""
-    return dict(
-        prompt=args.prompt, transcoders=args.transcoders, node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold, max_feature_nodes=args.max_feature_nodes,
-        desired_logit_prob=args.desired_logit_prob, max_n_logits=args.max_n_logits,
-        target_tokens=args.target_token, logit_diff=args.logit_diff,
-    )
-
-
 def _write_neuronpedia(full, out: str, node_threshold: float, edge_threshold: float) -> dict:
     """A full attribution graph, pruned at the thresholds, written in the Neuronpedia layout."""
     import json
@@ -135,11 +91,11 @@ def _write_neuronpedia(full, out: str, node_threshold: float, edge_threshold: fl
     return doc
 
 
-def _write_attribution(result, args: argparse.Namespace) -> None:
+def _write_attribution(result: Result, args: argparse.Namespace, params: Any) -> None:
     from graphs import write_json
 
     if args.format == "neuronpedia":
-        _write_neuronpedia(result.full_graph, args.out, args.node_threshold, args.edge_threshold)
+        _write_neuronpedia(result.full_graph, args.out, params.node_threshold, params.edge_threshold)
     else:
         write_json(result.full_graph if args.all_edges else result.graph, args.out)
     m = result.metrics
@@ -159,22 +115,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.format == "neuronpedia" and args.method != "attribution-graph":
         raise CircuitdError("--format: neuronpedia is for --method attribution-graph")
 
-    acdc = dict(
-        tau=args.tau or [0.01], abs_diff=args.abs, acdc_metric=args.acdc_metric,
-        prefilter_top_n=args.prefilter_top_n, prefilter_threshold=args.prefilter_threshold,
-        prefilter_method=args.prefilter_method,
-    )
-    spec = _spec_from_args(
-        args, method=args.method, top_n=args.top_n, threshold=args.threshold, ig_steps=args.ig_steps,
-        curve=not args.no_curve, **acdc, **_attribution_fields(args),
-    )
+    spec = _spec_from_args(args, args.method, method_params(args, args.method))
     bar = _Bar()
     try:
         result = discover(spec, progress=bar)
     finally:
         bar.close()
     if spec.method == "attribution-graph":
-        _write_attribution(result, args)
+        _write_attribution(result, args, spec.params)
         return 0
     write_json(result.full_graph if args.all_edges else result.graph, args.out)
     m = result.metrics
@@ -190,10 +138,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from circuitd.discover import build_task
+    from circuitd.edge_context import MethodContext
     from circuitd.edges import EdgeGraph
     from circuitd.evaluate import Evaluator
-    from circuitd.methods.base import MethodContext
+    from circuitd.jobs import build_task
     from circuitd.models.registry import load_model
     from graphs import read_json
 
@@ -205,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
     split = not args.no_split_qkv and not any("<" not in d["name"] and "->a" in d["name"] for *_, d in links)
-    spec = _spec_from_args(args)
+    spec = _spec_from_args(args, "eap", {})
     model = load_model(spec.model, spec.device, spec.dtype)
     graph = EdgeGraph(model.shape, split)
     try:
@@ -217,8 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for i, (*_, d) in zip(idx, links, strict=True):
         scores[i] = float(d.get("score", 0.0))
         keep[i] = bool(d.get("in_circuit", True))
-    task = build_task(spec, model)
-    ctx = MethodContext(model, graph, task, task.metric, spec.ablation, batch_size=spec.batch_size)
+    task = build_task(spec, model, args.metric)
+    ctx = MethodContext(model, graph, task, task.metric, args.ablation, batch_size=spec.batch_size)
     ev = Evaluator(ctx)
     s = ev.summary(keep)
     print(f"circuit: {args.circuit} ({s['n_edges']} of {s['n_edges_total']} edges)")
@@ -247,10 +195,10 @@ def cmd_validate_graph(args: argparse.Namespace) -> int:
     import torch
 
     from circuitd.attribution import check_interventions, record
-    from circuitd.methods.attribution_graph import load_transcoders
     from circuitd.models.registry import load_model
+    from circuitd.transcoders.sources import load_transcoders
     from graphs import read_json
-    from graphs.attribution import graph_parts, node_id
+    from graphs.attribution_graph import graph_parts, node_id
 
     try:
         graph = read_json(args.graph)
@@ -310,19 +258,14 @@ def _add_task_args(p: argparse.ArgumentParser, task_required: bool = True) -> No
     p.add_argument("--model", required=True, help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
     p.add_argument("--task", required=task_required,
                    help="a generator (ioi, greater_than, induction, random) or JSON")
-    p.add_argument("--metric", choices=["logit_diff", "prob_diff", "kl", "nll"])
-    p.add_argument("--ablation", choices=["resample", "zero", "mean"], default="resample")
     p.add_argument("--n-prompts", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-split-qkv", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuitd", description="Automated circuit discovery.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_analysis_commands(sub: Any) -> None:
+    """Register edges, discover, evaluate, validate-graph, reprune and summary on the subparsers."""
     p = sub.add_parser("edges", help="count the edges of a model's edge graph")
     p.add_argument("--model", required=True)
     p.add_argument("--no-split-qkv", action="store_true", help="one input per head, not q/k/v")
@@ -330,41 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("discover", help="find a circuit (in-process)")
     _add_task_args(p, task_required=False)
-    p.add_argument("--method", choices=["eap", "eap-ig", "acdc", "attribution-graph"], default="eap-ig")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--top-n", type=int, help="keep the N edges of largest |score| (default 5%%)")
-    group.add_argument("--threshold", type=float, help="keep edges with |score| >= X")
-    p.add_argument("--ig-steps", type=int, default=5)
-    acdc = p.add_argument_group("ACDC")
-    acdc.add_argument("--tau", type=float, action="append", help="threshold; repeat for a sweep (0.01)")
-    acdc.add_argument("--abs", action="store_true", help="compare |metric change| with tau")
-    acdc.add_argument("--acdc-metric", choices=["kl", "logit_diff", "prob_diff", "nll"],
-                      help="the metric ACDC's tests use (default kl); --metric is for faithfulness")
-    pre = acdc.add_mutually_exclusive_group()
-    pre.add_argument("--prefilter-top-n", type=int, help="test only the top N edges by EAP score")
-    pre.add_argument("--prefilter-threshold", type=float, help="test only edges with |EAP score| >= X")
-    acdc.add_argument("--prefilter-method", choices=["eap", "eap-ig"], default="eap-ig")
-    ag = p.add_argument_group("attribution-graph")
-    ag.add_argument("--prompt", help="the prompt to explain (or --task: its first clean prompt)")
-    ag.add_argument("--transcoders", help="transcoder directory or hub id (default: the zoo model's)")
-    ag.add_argument("--node-threshold", type=float, default=0.8)
-    ag.add_argument("--edge-threshold", type=float, default=0.98)
-    ag.add_argument("--max-feature-nodes", type=int, help="keep at most N features, by estimated influence")
-    ag.add_argument("--desired-logit-prob", type=float, default=0.95)
-    ag.add_argument("--max-n-logits", type=int, default=10)
-    targets = ag.add_mutually_exclusive_group()
-    targets.add_argument("--target-token", action="append", help="explain this token's logit (repeat)")
-    targets.add_argument("--logit-diff", nargs=2, metavar=("CORRECT", "INCORRECT"),
-                         help="explain the logit difference of two tokens")
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD)
+    add_method_flags(p)
     p.add_argument("--format", choices=["json", "neuronpedia"], default="json",
                    help="node-link JSON, or the Neuronpedia layout (attribution-graph)")
     p.add_argument("--all-edges", action="store_true", help="write every scored edge, not just the circuit")
-    p.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("evaluate", help="faithfulness, curve, CPR and CMD of a circuit file")
     _add_task_args(p)
+    p.add_argument("--metric", choices=METRICS, help="overrides the task's metric")
+    p.add_argument("--ablation", choices=ABLATIONS, default="resample")
+    p.add_argument("--no-split-qkv", action="store_true")
     p.add_argument("--circuit", required=True, help="node-link JSON written by discover")
     p.set_defaults(func=cmd_evaluate)
 
@@ -388,56 +309,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_summary)
-
-    from circuitd.service_cli import add_service_commands
-
-    add_service_commands(sub)
-
-    zoo = sub.add_parser("zoo", help="models shipped with circuitd").add_subparsers(
-        dest="zoo_command", required=True
-    )
-    tcs = sub.add_parser("transcoders", help="transcoder sets for attribution graphs").add_subparsers(
-        dest="transcoders_command", required=True
-    )
-    p = tcs.add_parser("train", help="train a per-layer transcoder set on a model's activations")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", help="output directory (default for zoo models: the shipped set)")
-    p.add_argument("--corpus", help="synth (zoo:synth's mix), tasks (the task generators) or a text file")
-    p.add_argument("--d-tc", dest="d_tc", type=int, help="features per layer (1024)")
-    p.add_argument("--activation", choices=["topk", "relu"], help="topk (default) or relu with an L1 penalty")
-    p.add_argument("--k", type=int, help="active features per token for topk (16)")
-    p.add_argument("--l1", type=float, help="L1 coefficient for relu")
-    p.add_argument("--steps", type=int, help="Adam steps per layer (1500)")
-    p.add_argument("--batch", type=int, help="positions per step (2048)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--n-sequences", dest="n_sequences", type=int, help="training sequences (12000)")
-    p.add_argument("--n-heldout", dest="n_heldout", type=int, help="held-out sequences for the card (1500)")
-    p.add_argument("--no-skip", dest="skip", action="store_const", const=False, help="no skip connection")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 reproduces the shipped set)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_transcoders_train)
-
-    p = zoo.add_parser("train", help="train a zoo model reproducibly on the CPU")
-    p.add_argument("name")
-    p.add_argument("--out", help="output directory (default: the shipped zoo directory)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_zoo_train)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CircuitdError, ValueError) as exc:
-        print(f"circuitd: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("circuitd: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The job store: jobs, API keys and graph payloads in one SQL database. Imports no torch.
+"""The job state machine: every read and write of jobs, keys and graphs. Imports no torch.
 
 The database is the source of truth for a job; broker messages only wake a worker up.
 So every state change is a compare-and-set ``UPDATE ... WHERE`` that names the state it
@@ -8,9 +8,7 @@ is repaired by re-sending the job id (``sweep``). SQLite by default (a file unde
 ``data_dir``, WAL mode so the API and a worker can share it), PostgreSQL via ``DATABASE_URL``.
 """
 
-import hashlib
 import json
-import math
 import os
 import secrets
 import socket
@@ -20,86 +18,31 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, event, func, text, update
+from sqlalchemy import event, func, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine, select
 
 from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
-
-TASK_NAME = "circuitd.run_job"  # the API sends this by name; workers/tasks.py registers it
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+from circuitd.store.tables import (
+    TERMINAL,
+    ApiKey,
+    GraphBlob,
+    Job,
+    JobStatus,
+    finite,
+    hash_key,
+    spec_hash,
+    utcnow,
+)
 
 
 class IdempotencyConflict(CircuitdError):
     """The idempotency key was used before with a different spec."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Job(SQLModel, table=True):
-    __tablename__ = "jobs"
-    __table_args__ = (
-        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
-        Index("ix_jobs_owner_created", "owner", "created_at"),
-    )
-
-    id: str = Field(primary_key=True, max_length=32)
-    owner: str = Field(index=True, max_length=128)
-    status: str = Field(default=JobStatus.queued, index=True, max_length=16)
-    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    spec_hash: str = Field(max_length=64)
-    queue: str = Field(max_length=64)
-    progress: float = 0.0
-    stage: str = Field(default="queued", max_length=200)
-    created_at: datetime = Field(default_factory=utcnow)
-    enqueued_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    heartbeat_at: float | None = None  # epoch seconds, written by the worker that holds the job
-    worker: str | None = Field(default=None, max_length=200)  # "hostname:pid" of that worker
-    error: str | None = Field(default=None, sa_column=Column(Text))
-    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    idempotency_key: str | None = Field(default=None, max_length=200)
-    cancel_requested: bool = False
-    attempts: int = 0
-
-
-class ApiKey(SQLModel, table=True):
-    __tablename__ = "api_keys"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, max_length=128)
-    owner: str = Field(index=True, max_length=128)
-    key_hash: str = Field(unique=True, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class GraphBlob(SQLModel, table=True):
-    __tablename__ = "graphs"
-
-    job_id: str = Field(primary_key=True, foreign_key="jobs.id", ondelete="CASCADE", max_length=32)
-    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # zlib(node-link JSON, full graph)
-    raw_bytes: int = 0
-    n_edges: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
 
 
 @dataclass
@@ -110,69 +53,8 @@ class Claim:
     job: Job | None = None
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def queue_for(device: str, prefix: str | None = None) -> str:
-    """``gpu`` for CUDA devices, else ``cpu`` (with the deployment's prefix)."""
-    prefix = get_settings().queue_prefix if prefix is None else prefix
-    return f"{prefix}{'gpu' if device.startswith('cuda') else 'cpu'}"
-
-
-def broker_options(url: str) -> dict[str, Any]:
-    """Transport options: Redis redelivers unacknowledged messages only after the visibility timeout."""
-    if url.startswith(("redis://", "rediss://", "redis+socket://")):
-        return {"visibility_timeout": get_settings().visibility_timeout}
-    if url.startswith("sqla+sqlite"):
-        return {"connect_args": {"timeout": 30}}  # kombu passes these to SQLAlchemy's create_engine
-    return {}
-
-
-def celery_conf(broker_url: str | None = None) -> dict[str, Any]:
-    """The Celery settings both sides share: the API sends with them, the workers consume with them."""
-    s = get_settings()
-    url = broker_url or s.broker_url
-    return {
-        "broker_url": url,
-        "broker_transport_options": broker_options(url),
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": 5,
-        "task_default_queue": queue_for("cpu"),
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
-        "worker_concurrency": 1,
-        "task_soft_time_limit": s.job_soft_time_limit,
-        "task_time_limit": max(s.job_time_limit, s.job_soft_time_limit + 1),
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-    }
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _cancelled() -> dict[str, Any]:
     return {"status": JobStatus.cancelled, "stage": "cancelled", "finished_at": utcnow()}
-
-
-def finite(value: Any) -> Any:
-    """NaN and infinities become None: the API must emit strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def _holder_is_dead(holder: str | None) -> bool:

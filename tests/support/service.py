@@ -18,16 +18,17 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 REDIS_URL = os.environ.get("CIRCUITD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TINY = {
     "model": "random:tiny", "task": "random", "method": "eap", "n_prompts": 6, "top_n": 20, "curve": False,
 }
-CLI = [sys.executable, "-m", "circuitd.service_cli"]
+CLI = [sys.executable, "-m", "circuitd.cli.service"]
 
 
 def long_spec(n_prompts: int = 1024) -> dict[str, Any]:
-    """A job that reports progress and checks for cancellation every ~0.15 s, for ~n/7 s (1024: the limit)."""
+    """A job that reports progress and checks for cancellation often, and runs long enough to be cancelled,
+    killed or timed out mid-way; longer with more prompts (1024: the limit)."""
     return {
         "model": "random:small", "task": "random", "method": "eap-ig", "ig_steps": 8,
         "n_prompts": n_prompts, "batch_size": 2, "top_n": 50, "curve": False,

@@ -37,7 +37,8 @@ from torch import Tensor
 
 from circuitd.errors import CircuitdError
 from circuitd.models.adapter import ModelAdapter
-from circuitd.transcoders import Transcoder, TranscoderSet, activate, save
+from circuitd.transcoders.io import save
+from circuitd.transcoders.modules import Transcoder, TranscoderSet, activate
 
 CARD_FILE = "card.json"
 CORPORA = ("synth", "tasks")

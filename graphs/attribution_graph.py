@@ -24,13 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import networkx as nx
 import numpy as np
 
+from graphs.formats import ATTRIBUTION_GRAPH_FORMAT
+
 NodeKind = Literal["feature", "error", "token", "logit"]
 KINDS: tuple[str, ...] = ("feature", "error", "token", "logit")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,12 @@ class Node:
             raise ValueError("a logit node needs its probability")
 
 
+def _required(value: _T | None) -> _T:
+    """A field that ``Node.__post_init__`` guarantees for the node's kind, so never None here."""
+    assert value is not None
+    return value
+
+
 def node_id(node: Node, n_layers: int) -> str:
     """The node's id, unique within a graph (see the module docstring for why errors cannot collide)."""
     if node.kind == "feature":
@@ -91,7 +101,7 @@ def kind_mask(nodes: Sequence[Node], *kinds: str) -> np.ndarray:
 
 def logit_weights(nodes: Sequence[Node]) -> np.ndarray:
     """``w``: each logit node's probability, zero for every other node."""
-    return np.array([float(n.prob) if n.kind == "logit" else 0.0 for n in nodes], dtype=np.float64)
+    return np.array([float(_required(n.prob)) if n.kind == "logit" else 0.0 for n in nodes], dtype=np.float64)
 
 
 def normalized_abs(adjacency: np.ndarray) -> np.ndarray:
@@ -171,7 +181,8 @@ def _prefix_length(sorted_desc: np.ndarray, threshold: float) -> int:
     if threshold >= 1.0:
         return positive
     running = np.cumsum(sorted_desc)
-    first = int(np.searchsorted(running, threshold * running[-1], side="left"))
+    total: float = running[-1]
+    first = int(np.searchsorted(running, threshold * total, side="left"))
     return min(first + 1, positive)
 
 
@@ -353,7 +364,7 @@ class AttributionGraph:
     nodes: tuple[Node, ...]
     n_layers: int
     prompt: str = ""
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict[str, Any])
 
     def __post_init__(self) -> None:
         a = np.array(self.adjacency, dtype=np.float64, copy=True)
@@ -396,7 +407,7 @@ def _nx_layer(node: Node, n_layers: int) -> int:
         return -1
     if node.kind == "logit":
         return n_layers
-    return int(node.layer)
+    return int(_required(node.layer))
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -450,7 +461,7 @@ def decode_matrix(doc: Mapping[str, Any]) -> np.ndarray:
 
 def to_networkx(
     graph: AttributionGraph, result: PruneResult | None = None, all_edges: bool = False, stored: bool = False
-) -> nx.DiGraph:
+) -> nx.DiGraph[str]:
     """The graph as a networkx DiGraph keyed by node id.
 
     By default the pruned graph (``result``, else ``graph.prune()`` with the default thresholds).
@@ -474,7 +485,7 @@ def to_networkx(
         "replacement_score": replacement_score(a, graph.nodes, result.influence),
         "completeness_score": completeness_score(a, graph.nodes, result.influence),
     }
-    attrs: dict[str, Any] = dict(graph.meta)
+    attrs: dict[str, Any] = {"format": ATTRIBUTION_GRAPH_FORMAT, **graph.meta}
     attrs.update(
         kind="attribution",
         n_layers=graph.n_layers,
@@ -491,7 +502,7 @@ def to_networkx(
     if stored:
         attrs["adjacency"] = encode_matrix(a)
         all_edges = False
-    out = nx.DiGraph(**attrs)
+    out: nx.DiGraph[str] = nx.DiGraph(**attrs)
     for i, n in enumerate(graph.nodes):
         if not (all_edges or stored or result.node_mask[i]):
             continue
@@ -501,8 +512,8 @@ def to_networkx(
             kind=n.kind,
             layer=_nx_layer(n, graph.n_layers),
             pos=int(n.pos),
-            feature=int(n.index) if n.kind == "feature" else None,
-            token_id=int(n.index) if n.kind in ("token", "logit") else None,
+            feature=int(_required(n.index)) if n.kind == "feature" else None,
+            token_id=int(_required(n.index)) if n.kind in ("token", "logit") else None,
             token=n.token,
             activation=_opt_float(n.activation),
             prob=_opt_float(n.prob),
@@ -530,7 +541,7 @@ _GRAPH_KEYS = (
 )
 
 
-def graph_parts(graph: nx.DiGraph) -> tuple[list[Node], np.ndarray]:
+def graph_parts(graph: nx.DiGraph[str]) -> tuple[list[Node], np.ndarray]:
     """The nodes (in matrix order) and the adjacency of a :func:`to_networkx` graph, pruned or
     full (either form): a pruned graph gives its kept nodes and kept edges only (what a reader
     of it sees), a stored one the matrix it carries."""
@@ -563,7 +574,7 @@ def graph_parts(graph: nx.DiGraph) -> tuple[list[Node], np.ndarray]:
     return [by_index[i] for i in order], a
 
 
-def from_networkx(graph: nx.DiGraph) -> AttributionGraph:
+def from_networkx(graph: nx.DiGraph[str]) -> AttributionGraph:
     """Rebuild the :class:`AttributionGraph` from a full :func:`to_networkx` graph (``all_edges`` or
     ``stored``).
 

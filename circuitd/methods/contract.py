@@ -1,0 +1,162 @@
+"""The method contract: what a method declares, what it is given and what it returns.
+
+A :class:`Method` is a name, a typed parameter model and ``run(ctx, params) -> Result``. The
+parameter model is the one definition of the method's options: the job spec validates them,
+the CLI derives its flags from it, the API catalog publishes its JSON schema and ``run``
+receives an instance of it. Imports no torch, so the API can read every method's parameters
+without loading the engine; methods import what they compute with inside ``run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from circuitd.names import AblationName, MetricName
+from circuitd.progress import Cancelled, Progress, ShouldStop
+
+if TYPE_CHECKING:
+    import networkx as nx
+    import torch
+
+    from circuitd.spec import JobSpec
+
+DEFAULT_TOP_FRACTION = 0.05  # edge methods without top_n or threshold keep this share of the edges
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameters: unknown names are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """Checks that need the rest of the spec (its task, n_prompts); raise ValueError naming the field."""
+
+
+class EdgeParams(MethodParams):
+    """What every edge method shares: the faithfulness metric, the ablation, the edge graph's
+    shape, how the circuit is selected from the scores, and whether to draw the curve."""
+
+    metric: MetricName | None = Field(default=None, description="overrides the task's metric")
+    ablation: AblationName = Field(default="resample", description="what an ablated edge carries")
+    top_n: int | None = Field(
+        default=None, ge=1, description="keep the N edges of largest |score| (default 5%)"
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="keep edges with |score| >= X"
+    )
+    split_qkv: bool = Field(default=True, description="one edge per q, k and v input of each head")
+    curve: bool = Field(default=True, description="compute the faithfulness curve, CPR and CMD")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> EdgeParams:
+        if self.top_n is not None and self.threshold is not None:
+            raise ValueError("top_n and threshold: give at most one")
+        return self
+
+    def check_spec(self, spec: JobSpec) -> None:
+        if spec.task is None:
+            raise ValueError("task: required (a generator name or an inline task)")
+
+
+def capped(value: int | None, limit: int) -> int | None:
+    """``value`` if it is within the settings' ``limit`` (a field validator's check: the error's
+    location names the field)."""
+    if value is not None and value > limit:
+        raise ValueError(f"{value} exceeds the limit of {limit}")
+    return value
+
+
+class IGSteps(BaseModel):
+    """Integrated-gradient steps, bounded by ``CIRCUITD_MAX_IG_STEPS``."""
+
+    ig_steps: int = Field(default=5, ge=1, description="interpolation steps of EAP-IG")
+
+    @field_validator("ig_steps")
+    @classmethod
+    def _ig_cap(cls, v: int) -> int:
+        from circuitd.settings import get_settings
+
+        capped(v, get_settings().max_ig_steps)
+        return v
+
+
+def finite_list(name: str, values: list[float]) -> list[float]:
+    bad = [t for t in values if not (t >= 0 and math.isfinite(t))]
+    if bad:
+        raise ValueError(f"every {name} must be finite and >= 0 (got {bad[0]})")
+    return values
+
+
+@dataclass
+class Result:
+    """What every method returns: an edge circuit (MultiDiGraph) or an attribution graph (DiGraph)."""
+
+    graph: nx.MultiDiGraph | nx.DiGraph  # the circuit only (kept edges / pruned graph)
+    full_graph: nx.MultiDiGraph | nx.DiGraph  # every scored edge or node, marked in_circuit or not
+    metrics: dict[str, Any]
+    scores: torch.Tensor | None = None  # edge methods: one score per edge
+    keep: torch.Tensor | None = None
+
+
+@dataclass
+class RunContext:
+    """A job as a method sees it: the spec, and the caller's progress and stop callbacks."""
+
+    spec: JobSpec
+    progress: Progress | None = None
+    should_stop: ShouldStop | None = None
+
+    def report(self, fraction: float, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(fraction, stage)
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled")
+
+    def scaled(self, lo: float, hi: float, prefix: str = "") -> Progress | None:
+        """Progress of a sub-stage mapped onto ``[lo, hi]`` of this run's."""
+        report = self.progress
+        if report is None:
+            return None
+        return lambda f, stage: report(lo + (hi - lo) * f, prefix + stage)
+
+
+def load_entry(entry: str) -> Any:
+    """The object an import string ``package.module:name`` names (imported on first use)."""
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: ``entry`` names ``run(ctx, params) -> Result`` by import string, so
+    the registry (and the API that reads it) never imports the engine."""
+
+    name: str
+    summary: str
+    params: type[MethodParams]
+    entry: str
+
+    def run(self, ctx: RunContext, params: MethodParams) -> Result:
+        """Run the method; ``params`` is an instance of ``self.params``."""
+        return load_entry(self.entry)(ctx, params)
+
+    def describe(self) -> dict[str, Any]:
+        """The catalog entry: the name, what it does and its parameters' JSON schema."""
+        return {"name": self.name, "summary": self.summary, "params": self.params.model_json_schema()}
+
+
+@dataclass(frozen=True)
+class EdgeMethod(Method):
+    """An edge method: ``entry`` names its ``score(ctx, params) -> MethodResult``; the model,
+    task, selection, evaluation and graph are the shared edge workflow's."""
+
+    def run(self, ctx: RunContext, params: MethodParams) -> Result:
+        workflow = load_entry("circuitd.methods.edge_run:run_edge_method")
+        return workflow(ctx, params, load_entry(self.entry))

@@ -1,0 +1,84 @@
+"""How every edge method runs: the model and its edge graph, the task, the method's scores,
+the circuit selected from them, its faithfulness, and the edge-circuit graph.
+
+An edge method supplies only ``score(ctx, params) -> MethodResult``; this module does the rest,
+so every edge method is evaluated and stored the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from circuitd.edge_context import MethodContext, MethodResult
+from circuitd.edges import EdgeGraph
+from circuitd.errors import CircuitdError
+from circuitd.evaluate import Evaluator
+from circuitd.jobs import build_task, versions
+from circuitd.methods.contract import DEFAULT_TOP_FRACTION, EdgeParams, Result, RunContext
+from circuitd.models.registry import load_model
+from circuitd.selection import select
+from circuitd.settings import get_settings
+from graphs import build_edge_circuit
+
+P = TypeVar("P", bound=EdgeParams)
+Score = Callable[[MethodContext, P], MethodResult]
+
+
+def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
+    """Score every edge with ``score``, keep the method's circuit (or the top-n / threshold
+    selection), evaluate it with the task's metric and build the graph."""
+    spec = run.spec
+    started = time.perf_counter()
+    model = load_model(spec.model, spec.device, spec.dtype)
+    graph = EdgeGraph(model.shape, params.split_qkv)
+    limit = get_settings().max_edges
+    if graph.n_edges > limit:
+        raise CircuitdError(f"model: {graph.n_edges} edges exceed the limit of {limit}")
+    task = build_task(spec, model, params.metric)
+    ctx = MethodContext(
+        model, graph, task, task.metric, params.ablation, spec.batch_size,
+        progress=run.scaled(0.0, 0.7), should_stop=run.should_stop,
+    )
+    result = score(ctx, params)
+    scores = result.scores.detach().float().cpu()
+    if result.keep is not None:
+        keep = result.keep.cpu()
+    elif params.threshold is not None:
+        keep = select(graph, scores, threshold=params.threshold)
+    else:
+        keep = select(graph, scores, n=params.top_n or math.ceil(DEFAULT_TOP_FRACTION * graph.n_edges))
+    ctx = replace(ctx, progress=run.scaled(0.7, 1.0))
+    ctx.report(0.0, "evaluating")
+    evaluator = Evaluator(ctx, get_settings().eval_max_elements)
+    found: dict[str, Any] = evaluator.summary(keep)
+    if params.curve:
+        ctx.check_stop()
+        curve = evaluator.curve(scores)
+        found.update(cpr=curve["cpr"], cmd=curve["cmd"], curve=curve)
+    found.update(result.info)
+    found["seconds"] = round(time.perf_counter() - started, 3)
+    found["n_prompts"] = len(task)
+    ctx.report(1.0, "done")
+    meta = {
+        "model": spec.model,
+        "task": spec.task_name,
+        "method": spec.method,
+        "params": {
+            **params.model_dump(mode="json"), "metric": task.metric, "seed": spec.seed,
+            "n_prompts": len(task), "task_params": spec.task_params,
+        },
+        "versions": versions(),
+        "metrics": found,
+    }
+    names, score_list, keep_list = graph.edge_names, scores.tolist(), keep.tolist()
+    return Result(
+        graph=build_edge_circuit(names, score_list, keep_list, meta),
+        full_graph=build_edge_circuit(names, score_list, keep_list, meta, all_edges=True),
+        metrics=found,
+        scores=scores,
+        keep=keep,
+    )

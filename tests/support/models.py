@@ -1,0 +1,94 @@
+"""Models and tasks the tests share: small random models with a random task, and a hand-built
+model whose circuit is known by construction."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitd.batch import TaskBatch
+from circuitd.edge_context import MethodContext
+from circuitd.edges import EdgeGraph
+from circuitd.models.adapter import ModelAdapter
+from circuitd.models.loading import build_from_config
+from circuitd.models.registry import load_model
+from circuitd.patching import PatchingEngine
+from circuitd.tasks import load_task_data, resolve_task
+from circuitd.tasks.base import Task, TaskData
+
+RANDOM_MODEL_IDS = ["random:tiny@0", "random:tiny@1", "random:tiny-attn-only@2", "random:small@3"]
+
+
+def random_setup(
+    model_id: str, split_qkv: bool = True, n: int = 5, seed: int = 0, metric: str = "logit_diff"
+) -> tuple[ModelAdapter, EdgeGraph, PatchingEngine, Task, TaskBatch]:
+    """A random model, its edge graph and engine, a random task of ``n`` prompts and its batch."""
+    model = load_model(model_id)
+    graph = EdgeGraph(model.shape, split_qkv)
+    engine = PatchingEngine(model, graph)
+    data = load_task_data("random", None, model.shape.d_vocab, n=n, seed=seed, metric=metric)
+    task = resolve_task(data, None, model.shape.d_vocab, model.shape.n_ctx)
+    return model, graph, engine, task, TaskBatch.from_task(task)
+
+
+def method_context(
+    model_id: str, metric: str = "kl", ablation: str = "resample", n: int = 6, seed: int = 0,
+    batch_size: int = 4, dtype: str = "float64", split: bool = True,
+) -> MethodContext:
+    """An edge method's context on a model: its IOI task when it has a tokenizer, else a random one."""
+    model = load_model(model_id, dtype=dtype)
+    graph = EdgeGraph(model.shape, split)
+    if model.tokenizer is None:
+        data = load_task_data("random", None, model.shape.d_vocab, n=n, seed=seed, metric=metric)
+    else:
+        data = load_task_data("ioi", model.tokenizer, model.shape.d_vocab, n=n, seed=seed, metric=metric)
+    task = resolve_task(data, model.tokenizer, model.shape.d_vocab, model.shape.n_ctx)
+    return MethodContext(model, graph, task, metric, ablation, batch_size)
+
+
+V, P = 5, 4  # tokens, positions
+
+
+def copy_model() -> ModelAdapter:
+    """Attention-only, 2 layers x 2 heads, no LayerNorm. a0.h0 moves the first token to every
+    position (subspace M); a1.h0 at the last position reads M at its own position and
+    writes to subspace O, which the unembedding reads. Every other weight is zero."""
+    tok, pos, mov, out = 0, V, V + P, 2 * V + P
+    d = 3 * V + P
+    cfg = dict(
+        n_layers=2, d_model=d, n_heads=2, d_head=V, n_ctx=P, d_vocab=V, attn_only=True,
+        normalization_type=None, positional_embedding_type="standard", act_fn="relu",
+    )
+    model = build_from_config(cfg, None, None, "hand:copy", dtype=torch.float64)
+    tl = model.hooked_transformer
+    s = 6.0
+    with torch.no_grad():
+        for p in tl.parameters():
+            p.zero_()
+        tl.embed.W_E[:, tok:pos] = torch.eye(V)
+        tl.pos_embed.W_pos[:, pos : pos + P] = torch.eye(P)
+        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
+        a0.W_Q[0, pos : pos + P, 0] = s  # every position asks ...
+        a0.W_K[0, pos, 0] = s  # ... for position 0
+        a0.W_V[0, tok:pos, :] = torch.eye(V)
+        a0.W_O[0, :, mov : mov + V] = torch.eye(V)
+        a1.W_Q[0, pos + P - 1, 0] = s  # the last position asks for itself
+        a1.W_K[0, pos + P - 1, 0] = s
+        a1.W_V[0, mov : mov + V, :] = torch.eye(V)
+        a1.W_O[0, :, out : out + V] = torch.eye(V)
+        tl.unembed.W_U[out : out + V, :] = 4 * torch.eye(V)
+    return model
+
+
+COPY_CIRCUIT = {"input->a0.h0<v>", "a0.h0->a1.h0<v>", "a1.h0->logits"}  # the copy model's circuit
+
+
+def copy_task(metric: str) -> Task:
+    """Every prompt of the copy model: the answer is the first token; corrupted, that token
+    shifted by two."""
+    clean = [[a, (a + 1) % V, (a + 2) % V, (a + 3) % V] for a in range(V)]
+    corrupted = [[(r[0] + 2) % V, *r[1:]] for r in clean]
+    data = TaskData(
+        name="copy", clean=clean, corrupted=corrupted, correct=[r[0] for r in clean],
+        incorrect=[r[0] for r in corrupted], metric=metric, prepend_bos=False,
+    )
+    return resolve_task(data, None, V, P)
