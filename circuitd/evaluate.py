@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -21,6 +22,16 @@ from circuitd.selection import prune_dangling, top_n
 
 # MIB's edge fractions, in percent
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+class Curve(TypedDict):
+    """The faithfulness curve: per edge percentage its edge count and faithfulness, with CPR and CMD."""
+
+    percents: list[float]
+    n_edges: list[int]
+    faithfulness: list[float]
+    cpr: float
+    cmd: float
 
 
 @dataclass
@@ -93,7 +104,7 @@ class Evaluator:
 
     def curve(
         self, scores: torch.Tensor, percents: tuple[float, ...] = CURVE_PERCENTS, prune: bool = False
-    ) -> dict[str, object]:
+    ) -> Curve:
         """Faithfulness of the top-k edges by |score| at each edge percentage, with CPR (area
         under f) and CMD (area under |1 - f|) over the edge fraction, trapezoids."""
         ks = [max(1, math.ceil(p / 100 * self.graph.n_edges)) for p in percents]
@@ -107,10 +118,10 @@ class Evaluator:
             "percents": list(percents),
             "n_edges": ks,
             "faithfulness": f,
-            "cpr": _trapezoid(x, f),
-            "cmd": _trapezoid(x, [abs(1 - v) for v in f]),
+            "cpr": trapezoid(x, f),
+            "cmd": trapezoid(x, [abs(1 - v) for v in f]),
         }
 
 
-def _trapezoid(x: list[float], y: list[float]) -> float:
+def trapezoid(x: list[float], y: list[float]) -> float:
     return sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))

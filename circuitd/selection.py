@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from circuitd.edges import EdgeGraph
@@ -46,5 +48,6 @@ def select(
     """The circuit as a bool mask over edges: exactly one of ``n`` and ``threshold``."""
     if (n is None) == (threshold is None):
         raise ValueError("give exactly one of top_n and threshold")
-    keep = top_n(scores, n) if n is not None else above_threshold(scores, float(threshold))
+    # exactly one is given, so threshold is set when n is not
+    keep = top_n(scores, n) if n is not None else above_threshold(scores, float(cast(float, threshold)))
     return prune_dangling(graph, keep)

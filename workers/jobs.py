@@ -32,8 +32,9 @@ def run_job(self: Any, job_id: str) -> str:
 
 
 @signals.task_failure.connect
-def _hard_time_limit(sender: Any = None, exception: BaseException | None = None, args: Any = None,
-                     **_: Any) -> None:
+def fail_on_hard_time_limit(
+    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
+) -> None:
     """The pool child was killed past the hard limit: fail the job here, in the worker's main
     process, or the sweep would find a job whose process is gone and run it again."""
     if getattr(sender, "name", None) != TASK_NAME or not isinstance(exception, TimeLimitExceeded) or not args:

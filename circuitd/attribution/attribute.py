@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class Attribution:
     def graph(self, prompt: str = "", meta: dict[str, Any] | None = None) -> AttributionGraph:
         return AttributionGraph(
             self.adjacency.cpu().numpy().astype(np.float64),
-            self.nodes,
+            tuple(self.nodes),
             self.context.n_layers,
             prompt,
             meta or {},
@@ -116,8 +116,8 @@ def build_nodes(
     ]
     tok = ctx.adapter.tokenizer
     for pos, t in enumerate(ctx.tokens.tolist()):
-        text = tok.decode([t]) if tok is not None else None
-        nodes.append(Node("token", pos=pos, index=int(t), token=text))
+        tok_text = tok.decode([t]) if tok is not None else None
+        nodes.append(Node("token", pos=pos, index=int(t), token=tok_text))
     last = ctx.logits[-1]
     probs = last.double().softmax(-1)
 
@@ -147,7 +147,8 @@ def _readouts(ctx: ReplacementContext, run: FrozenRun, targets: Sequence[Node]) 
     vals = []
     for b, t in enumerate(targets):
         if t.kind == "feature":
-            vals.append(ctx.transcoders.pre_activations(t.layer, run.mlp_in[b, t.layer, t.pos])[t.index])
+            layer = cast(int, t.layer)  # a feature node has its layer (Node.__post_init__)
+            vals.append(ctx.transcoders.pre_activations(layer, run.mlp_in[b, t.layer, t.pos])[t.index])
         else:
             vals.append(_logit_read(run.logits[b, t.pos], t))
     return torch.stack(vals)
@@ -171,8 +172,9 @@ def source_vectors(ctx: ReplacementContext, nodes: Sequence[Node]) -> tuple[Tens
     for s, i in enumerate(idx):
         n = nodes[i]
         if n.kind == "feature":
+            # a feature node has its layer and index (Node.__post_init__)
             out[s, :, n.pos] = ctx.activations[n.layer, n.pos, n.index] * ctx.decoder_vectors(
-                n.layer, n.index
+                cast(int, n.layer), cast(int, n.index)
             )
         elif n.kind == "error":
             out[s, n.layer, n.pos] = ctx.errors[n.layer, n.pos]
@@ -185,14 +187,15 @@ def _feature_groups(ctx: ReplacementContext, nodes: Sequence[Node]) -> list[tupl
     """Feature sources grouped by (layer, pos): their node indices and their vectors
     ``activation × decoder`` ``[F, J, D]`` for the J MLP outputs they write (1 per-layer,
     ``L − layer`` cross-layer), so each group's edges are one matrix product."""
-    by_lp: dict[tuple[int, int], list[int]] = {}
+    by_lp: dict[tuple[int | None, int], list[int]] = {}
     for i, x in enumerate(nodes):
         if x.kind == "feature":
             by_lp.setdefault((x.layer, x.pos), []).append(i)
     tc, dev = ctx.transcoders, ctx.mlp_in.device
     groups = []
     with torch.no_grad():
-        for (layer, pos), idx in by_lp.items():
+        # a feature node has its layer (Node.__post_init__)
+        for (layer, pos), idx in cast(dict[tuple[int, int], list[int]], by_lp).items():
             f = torch.tensor([nodes[i].index for i in idx], dtype=torch.long, device=dev)
             dec = tc.clt.W_dec[layer][f] if tc.clt is not None else tc.transcoder(layer).W_dec[f][:, None]
             vec = ctx.activations[layer, pos, f][:, None, None] * dec
@@ -214,7 +217,7 @@ class _Sources:
             def longs(values: list[int]) -> Tensor:
                 return torch.tensor(values, dtype=torch.long, device=dev)
 
-            self.err_l = longs([nodes[i].layer for i in err_idx])
+            self.err_l = longs(cast(list[int], [nodes[i].layer for i in err_idx]))  # errors have layers
             self.err_p = longs([nodes[i].pos for i in err_idx])
             self.err_vec = ctx.errors[self.err_l, self.err_p]  # [E, D]
             self.tok_p = longs([nodes[i].pos for i in tok_idx])

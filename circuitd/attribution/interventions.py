@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,11 +63,15 @@ def intervene(
     is_feature = torch.tensor([x.kind == "feature" for x in chosen_nodes], device=out.device)
     embed_delta, out_delta = emb.sum(0) * r, out.sum(0) * r
     live_out = out[~is_feature].sum(0) * r  # a clamped feature writes through its decoder itself
-    clamp = [
-        (x.layer, x.pos, x.index, float(ctx.activations[x.layer, x.pos, x.index]) * scale)
-        for x in chosen_nodes
-        if x.kind == "feature"
-    ]
+    # a feature node has its layer and index (Node.__post_init__)
+    clamp = cast(
+        list[tuple[int, int, int, float]],
+        [
+            (x.layer, x.pos, x.index, float(ctx.activations[x.layer, x.pos, x.index]) * scale)
+            for x in chosen_nodes
+            if x.kind == "feature"
+        ],
+    )
     base_live = target_readouts(ctx, nodes, ctx.forward("live"))
     base_frozen = target_readouts(ctx, nodes, ctx.forward("frozen"))
     live = target_readouts(ctx, nodes, ctx.forward("live", embed_delta, live_out, clamp=clamp)) - base_live

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -74,7 +74,8 @@ def _sigma(x: Tensor, eps: float) -> Tensor:
 def _frozen_norm(norm: Norm, x: Tensor, sigma: Tensor) -> Tensor:
     """LayerNorm with its scale frozen at ``sigma [P]``: affine in ``x [..., P, D]``."""
     y = (x - x.mean(-1, keepdim=True)) / sigma[:, None]
-    return y * norm.w + norm.b if norm.w is not None else y
+    # a LayerNorm has both w and b, a LayerNormPre neither
+    return y * norm.w + cast(Tensor, norm.b) if norm.w is not None else y
 
 
 @dataclass

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from circuitd.errors import CircuitdError
 
@@ -153,7 +153,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         while not stopping:
             for p in procs:
                 if p.poll() is not None:
-                    print(f"circuitd up: {p.args[2]} exited with {p.returncode}", file=sys.stderr)
+                    name = cast(list[str], p.args)[2]  # started from an argv list: [python, -m, module, ...]
+                    print(f"circuitd up: {name} exited with {p.returncode}", file=sys.stderr)
                     code, stopping = p.returncode or 1, True
             time.sleep(0.2)
     finally:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from circuitd.names import AblationName, MetricName
 from circuitd.progress import Cancelled, Progress, ShouldStop
+from circuitd.settings import get_settings
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -79,8 +80,6 @@ class IGSteps(BaseModel):
     @field_validator("ig_steps")
     @classmethod
     def _ig_cap(cls, v: int) -> int:
-        from circuitd.settings import get_settings
-
         capped(v, get_settings().max_ig_steps)
         return v
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -71,14 +71,21 @@ def _fuse_layer_norms(model: Any) -> None:
     ``hook_normalized`` still fires when a hook is on it (the shift then follows it),
     ``hook_scale`` no longer does.
     """
-    from transformer_lens.components import LayerNorm, LayerNormPre
+    from transformer_lens.components.layer_norm import LayerNorm
+    from transformer_lens.components.layer_norm_pre import LayerNormPre
 
     for module in model.modules():
         if isinstance(module, LayerNorm | LayerNormPre):
             module.forward = _fused_forward(module, affine=isinstance(module, LayerNorm))
 
 
-def _fused_forward(module: Any, affine: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+class _Forward(Protocol):
+    """A module's ``forward(x)``."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def _fused_forward(module: Any, affine: bool) -> _Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         dtype = module.cfg.dtype
         shape = (x.shape[-1],)

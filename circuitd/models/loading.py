@@ -77,7 +77,7 @@ def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
         ) from exc
     try:
         with _quiet_hub():
-            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)
+            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)  # pyright: ignore[reportArgumentType] -- TL's dtype param is unannotated, inferred str; takes torch.dtype
     except Exception as exc:  # network, cache and hub errors all end the same way
         reason = _first_line(exc)
         raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {reason}") from exc

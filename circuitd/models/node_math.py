@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,17 @@ class LeanPass:
 
 class NodeMath:
     """Node-math methods of :class:`~circuitd.models.adapter.ModelAdapter`, which provides
-    ``model`` (the TransformerLens model), ``_qkv_cache``, :meth:`input_source` and
+    ``_tl`` (the TransformerLens model), ``_qkv_cache``, :meth:`input_source` and
     :meth:`head_results`."""
 
-    model: Any
+    _tl: Any
     _qkv_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]]
+
+    if TYPE_CHECKING:  # provided by ModelAdapter
+
+        def input_source(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+        def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor: ...
 
     # Gradients at the heads' inputs without per-head input copies (used by EAP).
     def shared_head_input_grads_supported(self) -> bool:

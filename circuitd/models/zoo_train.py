@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -61,7 +61,14 @@ WEIGHT_DECAY = 0.01
 ANSWER_WEIGHT = 4.0
 MIX = (("ioi", 0.3), ("induction", 0.45), ("greater_than", 0.15), ("generic", 0.1))
 HELDOUT_SEED = 1_000_003  # training draws from Random(seed) with small seeds
-INDUCTION_EVAL = dict(seq_len=10, prefix_len=5)  # the generator's defaults
+
+
+class _InductionArgs(TypedDict):
+    seq_len: int
+    prefix_len: int
+
+
+INDUCTION_EVAL = _InductionArgs(seq_len=10, prefix_len=5)  # the generator's defaults
 
 GENERIC_TEMPLATES = (
     "The {adj} {noun} {verb} the {adj2} {noun2}.",

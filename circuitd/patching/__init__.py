@@ -22,7 +22,7 @@ Modules: :mod:`~circuitd.patching.engine` (hooks, ablated values, ``run``),
 
 from __future__ import annotations
 
-from circuitd.patching.engine import ABLATIONS, clean_prefix
+from circuitd.patching.engine import clean_prefix
 from circuitd.patching.gradients import EdgeGradients
 from circuitd.patching.incremental import IncrementalPass, Trial
 from circuitd.patching.prefix import CachedPass, PrefixPasses
@@ -32,4 +32,4 @@ class PatchingEngine(PrefixPasses, EdgeGradients):
     """Runs a model with any set of edges ablated, for many circuits at once."""
 
 
-__all__ = ["ABLATIONS", "CachedPass", "IncrementalPass", "PatchingEngine", "Trial", "clean_prefix"]
+__all__ = ["CachedPass", "IncrementalPass", "PatchingEngine", "Trial", "clean_prefix"]

@@ -10,8 +10,7 @@ import torch
 
 from circuitd.edges import DestGroup, EdgeGraph
 from circuitd.models.adapter import HookFn, ModelAdapter
-
-ABLATIONS = ("resample", "zero", "mean")
+from circuitd.names import ABLATIONS
 
 
 class _SourceStack:
@@ -40,7 +39,7 @@ class _SourceStack:
         return self._stacked[:n]
 
 
-def _source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list[tuple[str, HookFn]]:
+def source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list[tuple[str, HookFn]]:
     """Hooks that hand each source output ``[k, batch, pos, d_model]`` to ``sink``, in order."""
     hooks: list[tuple[str, HookFn]] = [(model.hook_input(), lambda a: sink(a.unsqueeze(0)))]
     for layer in range(graph.shape.n_layers):
@@ -50,7 +49,7 @@ def _source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list
     return hooks
 
 
-def _dest_hooks(
+def dest_hooks(
     model: ModelAdapter, graph: EdgeGraph, add: Callable[[DestGroup, int, torch.Tensor], torch.Tensor]
 ) -> list[tuple[str, HookFn]]:
     """Hooks at every destination input; ``add(group, qkv, act)`` returns the new input."""
@@ -68,7 +67,7 @@ def _dest_hooks(
     return hooks
 
 
-class _BufferSink:
+class BufferSink:
     """Writes successive source outputs into a preallocated ``[S, B, P, D]`` buffer."""
 
     def __init__(self, buffer: torch.Tensor):
@@ -92,7 +91,7 @@ def clean_prefix(ablation: str, clean: torch.Tensor, corrupted: torch.Tensor) ->
     return torch.where(differ.any(1), first, torch.full_like(first, differ.shape[1]))
 
 
-class _EngineCore:
+class EngineCore:
     """The model and edge graph every pass runs on, the source values, and the patched
     forward pass."""
 
@@ -105,17 +104,17 @@ class _EngineCore:
     # --- source values -------------------------------------------------------------------
     def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Every source's output ``[S, B, P, D]`` on an unpatched pass."""
-        buffer = self._source_buffer(tokens)
+        buffer = self.source_buffer(tokens)
         with torch.no_grad():
             if self.model.lean_pass_supported():
                 self.model.lean_pass(tokens, sources=buffer)
             else:
                 with self.model.shared_head_inputs():  # unpatched: no per-head copies
-                    hooks = _source_hooks(self.model, self.graph, _BufferSink(buffer))
+                    hooks = source_hooks(self.model, self.graph, BufferSink(buffer))
                     self.model.run(tokens, hooks, logits=False)
         return buffer
 
-    def _source_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
+    def source_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
         shape = (self.graph.n_sources, *tokens.shape, self.graph.shape.d_model)
         return torch.empty(shape, device=self.model.device, dtype=self.model.dtype)
 
@@ -183,8 +182,8 @@ class _EngineCore:
                 delta = torch.einsum("cs,scbpd->cbpd", w, diff)
             return act + delta.reshape(act.shape)
 
-        hooks = _source_hooks(self.model, self.graph, stack.add)
-        hooks += _dest_hooks(self.model, self.graph, add)
+        hooks = source_hooks(self.model, self.graph, stack.add)
+        hooks += dest_hooks(self.model, self.graph, add)
         logits = self.model.run(tokens.repeat(c, 1), hooks)
         logits = logits.reshape(c, *tokens.shape, -1)
         return logits[0] if single else logits

@@ -5,12 +5,13 @@ destination inputs: one backward pass and one matrix product per destination gro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict, cast
 
 import torch
 
 from circuitd.edges import DestGroup
 from circuitd.models.adapter import HookFn
-from circuitd.patching.engine import _BufferSink, _dest_hooks, _EngineCore, _source_hooks
+from circuitd.patching.engine import BufferSink, EngineCore, dest_hooks, source_hooks
 
 
 class _HeadProbe:
@@ -23,11 +24,17 @@ class _HeadProbe:
         return act + self.leaf.permute(1, 2, 0, 3)
 
     @property
-    def grad(self) -> torch.Tensor:
+    def grad(self) -> torch.Tensor | None:
         return self.leaf.grad
 
 
-class EdgeGradients(_EngineCore):
+class _ProbeKw(TypedDict):
+    device: torch.device
+    dtype: torch.dtype
+    requires_grad: bool
+
+
+class EdgeGradients(EngineCore):
     """The engine's gradients of a metric with respect to every edge's weight."""
 
     def edge_gradients(
@@ -57,7 +64,7 @@ class EdgeGradients(_EngineCore):
             raise ValueError("EAP-IG needs the baseline (corrupted) embedding")
         lean = self.model.lean_pass_supported()
         shared = self.model.shared_head_input_grads_supported()
-        diff = self._source_buffer(tokens)
+        diff = self.source_buffer(tokens)
         scores = torch.zeros(self.graph.n_edges, device=diff.device, dtype=diff.dtype)
         workspace: list[torch.Tensor] = []  # one head-input gradient buffer, reused by every layer
         for i, k in enumerate((steps, *range(1, steps))):
@@ -135,7 +142,8 @@ class EdgeGradients(_EngineCore):
         """The input at interpolation ``t``; at t = 1 the clean input, whose source outputs
         are written to ``clean`` on the way."""
         if t == 1:
-            return _source_hooks(self.model, self.graph, _BufferSink(clean))
+            return source_hooks(self.model, self.graph, BufferSink(clean))
+        assert baseline is not None  # t < 1 only for steps > 1, which requires the baseline
         return [(self.model.hook_input(), lambda a: baseline + t * (a - baseline))]
 
     def _backward_metric(
@@ -191,9 +199,10 @@ class EdgeGradients(_EngineCore):
         """Gradients at every destination input, read from zero probes added to the
         per-head inputs (any architecture)."""
         probes = self._probes(tokens.shape)
-        hooks = hooks + _dest_hooks(self.model, self.graph, lambda g, x, a: a + probes[g][x])
+        hooks = hooks + dest_hooks(self.model, self.graph, lambda g, x, a: a + probes[g][x])
         self._backward_metric(tokens, hooks, metric_fn, answer_pos)
-        return [p.grad for g in self.graph.groups for p in probes[g]]
+        # the backward pass reaches every probe (each feeds the metric), so each has a gradient
+        return cast(list[torch.Tensor], [p.grad for g in self.graph.groups for p in probes[g]])
 
     def _dest_grads_shared(
         self, tokens: torch.Tensor, metric_fn: Callable, hooks: list[tuple[str, HookFn]],
@@ -230,19 +239,19 @@ class EdgeGradients(_EngineCore):
         for g in self.graph.groups:
             if g.kind == "attn":
                 names = [m.hook_head_qkv(g.layer, x) for x in ("q", "k", "v")]
-                grads = torch.stack([probes[n].grad for n in names])
+                grads = torch.stack(cast(list[torch.Tensor], [probes[n].grad for n in names]))
                 out.append((g.layer, grads, torch.stack([acts[n] for n in names]), resid[g.layer]))
             else:
                 name = m.hook_mlp_in(g.layer) if g.kind == "mlp" else m.hook_final_resid()
                 out.append(probes[name].grad)
         return out
 
-    def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor]]:
+    def _probes(self, tokens_shape: torch.Size) -> dict[DestGroup, list[torch.Tensor] | list[_HeadProbe]]:
         """Zero tensors added at every destination input, to read gradients there."""
         b, p = tokens_shape
         d = self.graph.shape.d_model
-        kw = dict(device=self.model.device, dtype=self.model.dtype, requires_grad=True)
-        out: dict[DestGroup, list[torch.Tensor]] = {}
+        kw = _ProbeKw(device=self.model.device, dtype=self.model.dtype, requires_grad=True)
+        out: dict[DestGroup, list[torch.Tensor] | list[_HeadProbe]] = {}
         for g in self.graph.groups:
             if g.kind == "attn":  # laid out [H, B, P, D] so the gradient reshapes for free
                 heads = [torch.zeros(g.n_heads, b, p, d, **kw) for _ in range(3)]

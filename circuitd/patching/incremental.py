@@ -373,10 +373,11 @@ class IncrementalPass:
             rec.qkv.append((g.layer, hs, which, y))
             qkv.append(y)
         # each head has a changed port, so at least one of q, k, v has R rows
+        q, k, v = qkv
         if is_full:  # outputs at the live positions: [H', R, T, D]
-            out = self.model.head_attend(g.layer, hs, *qkv, self.visible_full, self.live)
+            out = self.model.head_attend(g.layer, hs, q, k, v, self.visible_full, self.live)
         else:  # [H', R, B, D]
-            out = self.model.head_attend(g.layer, hs, *qkv, self.visible_ans).squeeze(-2)
+            out = self.model.head_attend(g.layer, hs, q, k, v, self.visible_ans).squeeze(-2)
         nodes = self.graph.head_source(g.layer, 0) + hs
         self._record(rec, changes, nodes, out, is_full)
 

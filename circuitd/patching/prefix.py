@@ -12,7 +12,7 @@ import torch
 
 from circuitd.edges import DestGroup, EdgeGraph
 from circuitd.models.adapter import HookFn
-from circuitd.patching.engine import _BufferSink, _dest_hooks, _EngineCore, _source_hooks
+from circuitd.patching.engine import BufferSink, EngineCore, dest_hooks, source_hooks
 
 
 @lru_cache(maxsize=256)
@@ -91,7 +91,7 @@ def _contract_rows(w: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
     return out.reshape(*w.shape[:2], *diff.shape[1:])
 
 
-class PrefixPasses(_EngineCore):
+class PrefixPasses(EngineCore):
     """The engine's passes that start at any block from a :class:`CachedPass`."""
 
     def cached_pass(
@@ -101,7 +101,7 @@ class PrefixPasses(_EngineCore):
         (default: every edge kept): source outputs and the residual stream entering every
         block. One unpatched pass, and one patched pass when ``alpha`` ablates any edge."""
         m = self.model
-        sources = self._source_buffer(tokens)
+        sources = self.source_buffer(tokens)
         resid: dict[str, torch.Tensor] = {}
         names = [m.hook_resid_pre(layer) for layer in range(self.graph.shape.n_layers)]
         names.append(m.hook_final_resid())
@@ -109,16 +109,16 @@ class PrefixPasses(_EngineCore):
         def grab(name: str) -> HookFn:
             return lambda a: resid.__setitem__(name, a.detach())
 
-        sink = _BufferSink(sources)
+        sink = BufferSink(sources)
         with torch.no_grad():
             with m.shared_head_inputs():
-                hooks = _source_hooks(m, self.graph, sink) + [(n, grab(n)) for n in names]
+                hooks = source_hooks(m, self.graph, sink) + [(n, grab(n)) for n in names]
                 m.run(tokens, hooks, logits=False)
             clean = CachedPass(None, ablated, ablated - sources, [resid[n] for n in names])
             if alpha is None or not bool(alpha.any()):
                 return clean
             sink.n = 1  # the input is the same in every circuit; the rest is recorded again
-            hooks = _source_hooks(m, self.graph, sink)[1:] + [(n, grab(n)) for n in names]
+            hooks = source_hooks(m, self.graph, sink)[1:] + [(n, grab(n)) for n in names]
             self._run_from(clean, 0, alpha.to(self.model.device).unsqueeze(0), hooks)
         kept = alpha.detach().to(self.model.device, self.model.dtype).clone()
         return CachedPass(kept, ablated, ablated - sources, [resid[n] for n in names])
@@ -208,9 +208,9 @@ class PrefixPasses(_EngineCore):
         destinations), in forward order; the input source is left out."""
         n_layers = self.graph.shape.n_layers
         per_layer = 1 if self.graph.shape.attn_only else 2
-        src = _source_hooks(self.model, self.graph, sink)[1:]
+        src = source_hooks(self.model, self.graph, sink)[1:]
         src_by = [src[per_layer * b : per_layer * (b + 1)] for b in range(n_layers)]
-        dst = _dest_hooks(self.model, self.graph, add)
+        dst = dest_hooks(self.model, self.graph, add)
         dst_by: list[list[tuple[str, HookFn]]] = [[] for _ in range(n_layers + 1)]
         at = 0
         for g in self.graph.groups:

@@ -266,7 +266,7 @@ class Store:
         with self.session() as s:
             res = s.exec(
                 update(Job)  # type: ignore[call-overload]
-                .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+                .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)  # pyright: ignore[reportArgumentType] -- sqlmodel types column comparisons as bool
                 .values(heartbeat_at=time.time())
             )
             s.commit()
@@ -298,7 +298,7 @@ class Store:
                 self._put_graph(s, job_id, graph)
             res = s.exec(
                 update(Job)  # type: ignore[call-overload]
-                .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)
+                .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)  # pyright: ignore[reportArgumentType] -- sqlmodel types column comparisons as bool
                 .values(
                     status=JobStatus.succeeded, progress=1.0, stage="done", finished_at=utcnow(),
                     summary=finite(summary), error=None,

@@ -5,7 +5,7 @@ import json
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -27,7 +27,7 @@ def utcnow() -> datetime:
 
 
 class Job(SQLModel, table=True):
-    __tablename__ = "jobs"
+    __tablename__: ClassVar[str] = "jobs"
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
@@ -55,7 +55,7 @@ class Job(SQLModel, table=True):
 
 
 class ApiKey(SQLModel, table=True):
-    __tablename__ = "api_keys"
+    __tablename__: ClassVar[str] = "api_keys"
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, max_length=128)
@@ -65,7 +65,7 @@ class ApiKey(SQLModel, table=True):
 
 
 class GraphBlob(SQLModel, table=True):
-    __tablename__ = "graphs"
+    __tablename__: ClassVar[str] = "graphs"
 
     job_id: str = Field(primary_key=True, foreign_key="jobs.id", ondelete="CASCADE", max_length=32)
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # zlib(node-link JSON, full graph)

@@ -8,8 +8,9 @@ arbitrary but fixed function of the model, which is all invariant tests need.
 from __future__ import annotations
 
 import random as _random
+from typing import cast
 
-from circuitd.tasks.base import TaskData
+from circuitd.tasks.base import Answer, Prompt, TaskData
 from circuitd.tokenizer import Tokenizer
 
 
@@ -18,11 +19,12 @@ def generate(
     metric: str = "logit_diff",
 ) -> TaskData:
     rng = _random.Random(seed)
-    clean = [[rng.randrange(d_vocab) for _ in range(length)] for _ in range(n)]
-    corrupted = [[rng.randrange(d_vocab) for _ in range(length)] for _ in range(n)]
+    clean: list[Prompt] = [[rng.randrange(d_vocab) for _ in range(length)] for _ in range(n)]
+    corrupted: list[Prompt] = [[rng.randrange(d_vocab) for _ in range(length)] for _ in range(n)]
     correct = [rng.randrange(d_vocab) for _ in range(n)]
-    incorrect = [(c + 1 + rng.randrange(d_vocab - 1)) % d_vocab for c in correct]
+    incorrect: list[Answer] = [(c + 1 + rng.randrange(d_vocab - 1)) % d_vocab for c in correct]
     return TaskData(
-        name="random", clean=clean, corrupted=corrupted, correct=correct, incorrect=incorrect,
-        metric=metric, prepend_bos=False,
+        name="random", clean=clean, corrupted=corrupted,
+        correct=cast(list[Answer], correct),  # token ids; list[int] is not list[Answer] (invariance)
+        incorrect=incorrect, metric=metric, prepend_bos=False,
     )

@@ -32,6 +32,7 @@ Conventions (shared by single-layer and cross-layer transcoders):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,12 @@ def _expect(where: str, name: str, tensor: Tensor, shape: tuple[int, ...]) -> No
         )
 
 
+@overload
+def _param(tensor: Tensor) -> nn.Parameter: ...
+@overload
+def _param(tensor: None) -> None: ...
+@overload
+def _param(tensor: Tensor | None) -> nn.Parameter | None: ...
 def _param(tensor: Tensor | None) -> nn.Parameter | None:
     # Frozen by default: attribution runs backward passes through the model and must not
     # accumulate gradients into transcoder weights; a trainer turns requires_grad back on.
@@ -350,7 +357,7 @@ class TranscoderSet(nn.Module):
         if self.clt is not None:
             return self.clt
         assert self.layers is not None
-        return self.layers[0]
+        return cast(Transcoder, self.layers[0])  # the ModuleList holds Transcoders only
 
     @property
     def n_layers(self) -> int:
@@ -396,7 +403,7 @@ class TranscoderSet(nn.Module):
         """The per-layer transcoder of ``layer`` (per-layer sets only)."""
         if self.layers is None:
             raise TypeError("transcoder(): a cross-layer set has no per-layer transcoders")
-        return self.layers[layer]
+        return cast(Transcoder, self.layers[layer])  # the ModuleList holds Transcoders only
 
     def pre_activations(self, layer: int, x: Tensor) -> Tensor:
         """Layer ``layer``'s pre-activations ``[..., d_tc]`` from its input ``x [..., d_model]``."""

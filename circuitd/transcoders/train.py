@@ -62,7 +62,7 @@ class TrainSettings:
     seed: int = 0
 
 
-def _sequences(adapter: ModelAdapter, corpus: str, n: int, seed: int) -> list[list[int]]:
+def sequences(adapter: ModelAdapter, corpus: str, n: int, seed: int) -> list[list[int]]:
     """``n`` token sequences (BOS first) of ``corpus``; a different ``seed`` gives a disjoint draw."""
     tok = adapter.tokenizer
     if tok is None:
@@ -276,8 +276,8 @@ def train_transcoders(
         raise CircuitdError(f"--activation: training supports topk and relu, not '{s.activation}'")
     torch.manual_seed(s.seed)
     t0 = time.time()
-    train_seqs = _sequences(adapter, s.corpus, s.n_sequences, s.seed)
-    held_seqs = _sequences(adapter, s.corpus, s.n_heldout, s.seed + 1_000_003)
+    train_seqs = sequences(adapter, s.corpus, s.n_sequences, s.seed)
+    held_seqs = sequences(adapter, s.corpus, s.n_heldout, s.seed + 1_000_003)
     x, y = collect(adapter, train_seqs)
     log(f"collected {x.shape[1]} positions x {x.shape[0]} layers in {time.time() - t0:.0f}s")
     layers = [train_layer(x[i], y[i], s, log, name=f"layer {i}") for i in range(x.shape[0])]

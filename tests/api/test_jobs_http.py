@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.service import CLI, ROOT, TINY, Api, Service, long_spec
 
+pytestmark = pytest.mark.service  # real Redis, a Celery worker and uvicorn over HTTP
+
 
 def _n_jobs(service: Service) -> int:
     return sum(service.store().count_by_status().values())

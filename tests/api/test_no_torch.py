@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.service import ROOT, Service, ensure_redis
+
+pytestmark = pytest.mark.service  # the API process against a real Redis
 
 PROBE = r"""
 import json, sys

@@ -109,6 +109,7 @@ def test_run_from_equals_run(model_id: str) -> None:
         ("random:tiny@6", "logit_diff", "resample", 0.03, False, False),
     ],
 )
+@pytest.mark.slow
 def test_fast_matches_reference_on_random_models(
     model_id: str, metric: str, ablation: str, tau: float, abs_value: bool, split: bool
 ) -> None:
@@ -139,6 +140,7 @@ def test_fast_matches_reference_on_rotary_parallel_model() -> None:
         assert 0 < int(ref.keep.sum()) < graph.n_edges
 
 
+@pytest.mark.slow
 def test_fast_matches_reference_on_zoo_synth_ioi() -> None:
     ctx = method_context("zoo:synth", "kl", n=2)
     taus = [0.05, 0.5]
@@ -161,6 +163,7 @@ def test_rows_follow_the_predictions() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("incremental", [True, False])
 def test_any_predictions_give_the_reference_decisions(incremental: bool, monkeypatch) -> None:
     """Predictions only decide how rows are built: coin-flip ones, right and wrong in both

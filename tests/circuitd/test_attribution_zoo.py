@@ -12,9 +12,11 @@ import pytest
 
 from circuitd.models.registry import load_model
 from circuitd.transcoders.sources import default_transcoders, load_transcoders
-from circuitd.transcoders.train import TrainSettings, _sequences, agreement, collect, layer_figures
+from circuitd.transcoders.train import TrainSettings, agreement, collect, layer_figures, sequences
 from graphs import read_json
 from graphs.neuronpedia import validate_neuronpedia
+
+pytestmark = pytest.mark.slow  # zoo-scale attribution graphs and CLI runs
 
 CLI = [sys.executable, "-m", "circuitd.cli"]
 IOI = "When Mary and John went to the store, John gave a drink to"
@@ -51,7 +53,7 @@ def test_card_figures_recomputed_from_the_shipped_files(shipped, capsys):
     recomputed on the card's held-out draw and equal to the card's figures."""
     adapter, tset, card, _ = shipped
     s = TrainSettings(**card["settings"])
-    held = _sequences(adapter, s.corpus, s.n_heldout, s.seed + 1_000_003)
+    held = sequences(adapter, s.corpus, s.n_heldout, s.seed + 1_000_003)
     x, y = collect(adapter, held)
     figures = layer_figures(tset, x, y)
     agree = agreement(adapter, tset, held)

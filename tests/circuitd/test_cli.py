@@ -16,6 +16,7 @@ def circuitd(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag,count", [([], 32491), (["--no-split-qkv"], 11611)])
 def test_edges_gpt2_small(flag: list[str], count: int) -> None:
     out = circuitd("edges", "--model", "random:gpt2-small", *flag)
@@ -34,6 +35,7 @@ def test_edges_gpt2_small(flag: list[str], count: int) -> None:
          "ig_steps"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line(args: list[str], needle: str) -> None:
     out = circuitd(*args)
     assert out.returncode == 2
@@ -41,6 +43,7 @@ def test_bad_input_is_one_line(args: list[str], needle: str) -> None:
     assert len(lines) == 1 and needle in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_discover_writes_node_link(tmp_path: Path) -> None:
     out_file = tmp_path / "c.json"
     run = circuitd("discover", "--model", "random:tiny@1", "--task", "random", "--method", "eap",

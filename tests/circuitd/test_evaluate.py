@@ -4,7 +4,7 @@ import torch
 
 from circuitd import metrics
 from circuitd.edge_context import MethodContext
-from circuitd.evaluate import Evaluator, _trapezoid
+from circuitd.evaluate import Evaluator, trapezoid
 from tests.support.models import random_setup
 
 
@@ -31,5 +31,5 @@ def test_curve_ends_at_one_and_areas() -> None:
     assert math.isclose(curve["faithfulness"][-1], 1.0, abs_tol=1e-5)
     assert curve["n_edges"][-1] == graph.n_edges and curve["n_edges"][0] == 1
     x = [p / 100 for p in curve["percents"]]
-    assert math.isclose(curve["cpr"], _trapezoid(x, curve["faithfulness"]))
-    assert _trapezoid([0, 0.5, 1], [0, 1, 1]) == 0.75
+    assert math.isclose(curve["cpr"], trapezoid(x, curve["faithfulness"]))
+    assert trapezoid([0, 0.5, 1], [0, 1, 1]) == 0.75

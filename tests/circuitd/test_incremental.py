@@ -9,7 +9,7 @@ from circuitd import metrics
 from circuitd.batch import TaskBatch
 from circuitd.edges import EdgeGraph
 from circuitd.patching import IncrementalPass, PatchingEngine, clean_prefix
-from tests.support.models import random_setup
+from tests.support.models import BASE, random_setup, variant_model
 
 
 def _answers(engine, b, ablated, keep: torch.Tensor) -> torch.Tensor:
@@ -24,6 +24,7 @@ def _answers(engine, b, ablated, keep: torch.Tensor) -> torch.Tensor:
     [("resample", 0.6, False), ("zero", 0.6, False), ("resample", 0.15, False), ("resample", 0.6, True),
      ("resample", 0.15, True)],
 )
+@pytest.mark.slow
 def test_trials_and_commits_match_full_passes(
     random_model_id: str, split: bool, ablation: str, kept: float, shared: bool
 ) -> None:
@@ -46,9 +47,7 @@ def test_trials_and_commits_match_full_passes(
 def test_trials_on_other_architectures(variant: str) -> None:
     """The node math of rotary positions (whose projections keep the whole grid), parallel
     attention and MLP, LayerNorm without weights and scaled attention."""
-    from tests.circuitd.test_lean_pass import BASE, _model
-
-    model = _model(variant)
+    model = variant_model(variant)
     graph = EdgeGraph(model.shape)
     engine = PatchingEngine(model, graph)
     gen = torch.Generator().manual_seed(2)

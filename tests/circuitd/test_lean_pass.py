@@ -1,5 +1,5 @@
 """The adapter's lean pass against TransformerLens's own forward pass, on the
-architectures it claims (REFERENCE §2: source values are the unpatched model's)."""
+architectures it claims (source values are the unpatched model's)."""
 
 from __future__ import annotations
 
@@ -9,49 +9,24 @@ import torch
 from circuitd import metrics
 from circuitd.batch import TaskBatch
 from circuitd.edges import EdgeGraph
-from circuitd.models.loading import build_from_config
 from circuitd.patching import PatchingEngine
-from circuitd.patching.engine import _BufferSink, _source_hooks
+from circuitd.patching.engine import BufferSink, source_hooks
 from circuitd.tasks import load_task_data, resolve_task
-
-BASE = dict(
-    n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=32, d_vocab=50,
-    act_fn="gelu", normalization_type="LN",
-)
-VARIANTS = {
-    "standard": {},
-    "rotary": dict(positional_embedding_type="rotary", rotary_dim=4),
-    "parallel": dict(parallel_attn_mlp=True),
-    "neox-like": dict(
-        positional_embedding_type="rotary", rotary_dim=8, parallel_attn_mlp=True, act_fn="gelu_new"
-    ),
-    "attn-only": dict(attn_only=True),
-    "ln-pre": dict(normalization_type="LNPre"),
-    "inverse-layer-scale": dict(scale_attn_by_inverse_layer_idx=True),
-}
-
-
-def _model(variant: str, seed: int = 1):
-    model = build_from_config(dict(BASE, **VARIANTS[variant], seed=seed), None, None, f"test:{variant}")
-    with torch.no_grad():  # LayerNorm scales and shifts and every bias away from their defaults
-        for name, p in model.named_parameters():
-            if name.endswith((".w", ".b")) or ".b_" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    return model
+from tests.support.models import BASE, VARIANTS, variant_model
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_lean_pass_is_the_model(variant: str) -> None:
     """Every source output and the logits equal those of the hooked TransformerLens pass."""
-    model = _model(variant)
+    model = variant_model(variant)
     assert model.lean_pass_supported()
     graph = EdgeGraph(model.shape)
     engine = PatchingEngine(model, graph)
     tokens = torch.randint(0, BASE["d_vocab"], (3, 9), generator=torch.Generator().manual_seed(0))
-    want = engine._source_buffer(tokens)
+    want = engine.source_buffer(tokens)
     with torch.no_grad(), model.shared_head_inputs():
-        logits = model.run(tokens, _source_hooks(model, graph, _BufferSink(want)))
-    got = engine._source_buffer(tokens)
+        logits = model.run(tokens, source_hooks(model, graph, BufferSink(want)))
+    got = engine.source_buffer(tokens)
     with torch.no_grad():
         lean = model.lean_pass(tokens, sources=got)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -63,7 +38,7 @@ def test_lean_pass_is_the_model(variant: str) -> None:
 def test_lean_eap_is_the_probed_gradient(variant: str, monkeypatch) -> None:
     """EAP and EAP-IG on the lean pass equal the per-head probe path (gradients read through
     TransformerLens's own hook points, no shortcut) on every claimed architecture."""
-    model = _model(variant, seed=2)
+    model = variant_model(variant, seed=2)
     graph = EdgeGraph(model.shape)
     engine = PatchingEngine(model, graph)
     data = load_task_data("random", None, BASE["d_vocab"], n=4, seed=3, length=8)

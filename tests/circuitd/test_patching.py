@@ -64,7 +64,7 @@ def _source_hook(name: str) -> tuple[str, int | None]:
     return f"blocks.{m.group(4)}.hook_mlp_out", None
 
 
-def _dest_hooks(name: str, n_layers: int) -> list[tuple[str, int | None]]:
+def dest_hooks(name: str, n_layers: int) -> list[tuple[str, int | None]]:
     m = _NODE.match(name)
     assert m
     if m.group(1) == "logits":
@@ -96,7 +96,7 @@ def _brute_force_edge(tl_model, edge: str, clean: torch.Tensor, corrupted_cache)
 
         return fn
 
-    hooks = [(src_hook, grab)] + [(h, patch(head)) for h, head in _dest_hooks(dst, tl_model.cfg.n_layers)]
+    hooks = [(src_hook, grab)] + [(h, patch(head)) for h, head in dest_hooks(dst, tl_model.cfg.n_layers)]
     return tl_model.run_with_hooks(clean, fwd_hooks=hooks)
 
 
@@ -187,7 +187,7 @@ def test_eap_ig_matches_hand_riemann_sum(request) -> None:
         hook, head = _source_hook(src)
         d = corr_cache[hook] - clean_cache[hook]
         d = d[:, :, head] if head is not None else d
-        (dhook, dhead), = _dest_hooks(dst, 2)
+        (dhook, dhead), = dest_hooks(dst, 2)
         g = grad_sum[dhook]
         g = g[:, :, dhead] if dhead is not None else g
         torch.testing.assert_close(ig[i], (d * g).sum(), atol=1e-5, rtol=0, msg=edge)

@@ -16,6 +16,7 @@ from circuitd.transcoders.sources import load_transcoders
 from circuitd.transcoders.train import TrainSettings, layer_figures, train_layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["topk", "relu"])
 def test_training_recovers_a_sparse_map(activation):
     """Outputs made by a hidden sparse dictionary plus a linear part: a trained transcoder explains
@@ -36,6 +37,7 @@ def test_training_recovers_a_sparse_map(activation):
         assert fig["mean_l0"] <= 8
 
 
+@pytest.mark.slow
 def test_cli_trains_a_loadable_set_with_a_card(tmp_path):
     out = tmp_path / "tc"
     cmd = [sys.executable, "-m", "circuitd.cli", "transcoders", "train", "--model", "zoo:synth",

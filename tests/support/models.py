@@ -92,3 +92,31 @@ def copy_task(metric: str) -> Task:
         incorrect=[r[0] for r in corrupted], metric=metric, prepend_bos=False,
     )
     return resolve_task(data, None, V, P)
+
+
+# architecture variants the engine's node math claims, on one small base shape
+BASE = dict(
+    n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=32, d_vocab=50,
+    act_fn="gelu", normalization_type="LN",
+)
+VARIANTS = {
+    "standard": {},
+    "rotary": dict(positional_embedding_type="rotary", rotary_dim=4),
+    "parallel": dict(parallel_attn_mlp=True),
+    "neox-like": dict(
+        positional_embedding_type="rotary", rotary_dim=8, parallel_attn_mlp=True, act_fn="gelu_new"
+    ),
+    "attn-only": dict(attn_only=True),
+    "ln-pre": dict(normalization_type="LNPre"),
+    "inverse-layer-scale": dict(scale_attn_by_inverse_layer_idx=True),
+}
+
+
+def variant_model(variant: str, seed: int = 1) -> ModelAdapter:
+    """A small random model of one architecture variant, norms and biases off their defaults."""
+    model = build_from_config(dict(BASE, **VARIANTS[variant], seed=seed), None, None, f"test:{variant}")
+    with torch.no_grad():  # LayerNorm scales and shifts and every bias away from their defaults
+        for name, p in model.named_parameters():
+            if name.endswith((".w", ".b")) or ".b_" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model

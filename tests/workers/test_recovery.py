@@ -26,6 +26,8 @@ from tests.support.service import (
     wait_until,
 )
 
+pytestmark = pytest.mark.service  # real Redis, Celery worker processes and uvicorn
+
 
 def _attempt_lines(svc: Service, job_id: str) -> int:
     logs = "".join(svc.log(p.name) for p in svc.root.glob("w*.log"))

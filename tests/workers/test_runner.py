@@ -187,7 +187,7 @@ def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch
         store = Store(url)
         job_id = _job(store)
         store.claim(job_id, "h:1")
-        jobs._hard_time_limit(sender=jobs.run_job, exception=TimeLimitExceeded(7), args=[job_id])
+        jobs.fail_on_hard_time_limit(sender=jobs.run_job, exception=TimeLimitExceeded(7), args=[job_id])
         job = store.get_job(job_id)
         assert job.status == "failed"
         assert job.error == "time limit: killed after 7 s (CIRCUITD_JOB_TIME_LIMIT)"

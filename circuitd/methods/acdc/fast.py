@@ -8,6 +8,7 @@ import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import cast
 
 import torch
 
@@ -16,7 +17,7 @@ from circuitd.methods.acdc.budget import available_bytes, rows_per_pass, rows_pe
 from circuitd.methods.acdc.evaluation import ACDCRun, prepare_batches, task_metric
 from circuitd.methods.acdc.order import DestNode, Liveness, visit_order
 from circuitd.methods.acdc.planner import Branch, KeepModel, SpanPlanner, removals
-from circuitd.patching import IncrementalPass, PatchingEngine, Trial, clean_prefix
+from circuitd.patching import CachedPass, IncrementalPass, PatchingEngine, Trial, clean_prefix
 
 # the scores that predict each test's outcome: EAP-IG with this many steps on this many prompts
 PREDICTION_IG_STEPS = 2
@@ -60,15 +61,19 @@ class _FastACDC:
         vals = []
         with torch.no_grad():
             for chunk in alpha.split(self.rows):
+                # not incremental: prepare_batches gave every batch its cached pass
                 vals.append(task_metric(
-                    self.ctx, self.batches, lambda _, b, a=chunk: self.engine.run_from(b.start, layer, a)
+                    self.ctx, self.batches,
+                    lambda _, b, a=chunk: self.engine.run_from(cast(CachedPass, b.start), layer, a),
                 ))
         self.evaluations += keep_rows.shape[0]
         return torch.cat(vals).tolist()
 
     def start_states(self, keep: torch.Tensor) -> tuple[list[IncrementalPass], float]:
         """Incremental passes of the circuit ``keep`` (one per minibatch) and its metric."""
-        states = [IncrementalPass(self.ctx.model, self.graph, b.inputs, b.ablated, b.batch.answer_pos, keep,
+        # incremental: prepare_batches gave every batch its clean input
+        states = [IncrementalPass(self.ctx.model, self.graph, cast(torch.Tensor, b.inputs), b.ablated,
+                                  b.batch.answer_pos, keep,
                                   clean_prefix(self.ctx.ablation, b.batch.clean, b.batch.corrupted))
                   for b in self.batches]
         value = float(task_metric(self.ctx, self.batches, lambda i, _: states[i].logits()[None], True)[0])
@@ -102,7 +107,10 @@ class _FastACDC:
         removed = removed.to(self.ctx.model.device)
         trials = [state.trial(g_index, removed) for state in br.states]
         self.evaluations += len(cand)
-        return trials, task_metric(self.ctx, self.batches, lambda i, _: trials[i].logits, True).tolist()
+        # trial() sets each trial's logits
+        return trials, task_metric(
+            self.ctx, self.batches, lambda i, _: cast(torch.Tensor, trials[i].logits), True
+        ).tolist()
 
     @staticmethod
     def settle(branches: list[Branch], trials: list[Trial]) -> None:

@@ -135,9 +135,9 @@ class SpanPlanner:
 
     WINDOW = 12
     # a trial ends at the first candidate whose prediction holds with less than this chance:
-    # the fit's cost per row misses what wide trials cost in memory, and every row thrown
-    # away is an evaluation spent (zoo:synth / ioi: no slower, 5% fewer evaluations, and a
-    # prefiltered run's count no longer swings with the timings)
+    # the fit's cost per row misses what wide trials cost in memory, every row thrown away is
+    # an evaluation spent, and a cut at a fixed odds keeps the count of evaluations from
+    # swinging with the measured timings
     MIN_HOLD = 0.75
 
     def __init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -37,7 +37,8 @@ def prefilter(
 
     t0 = time.perf_counter()
     scores = edge_scores(replace(ctx, metric=metric), steps).cpu()
-    keep = top_n(scores, n) if threshold is None else above_threshold(scores, threshold)
+    # n and threshold are not both None (returned above), so n is set when threshold is not
+    keep = top_n(scores, cast(int, n)) if threshold is None else above_threshold(scores, threshold)
     selected = int(keep.sum())
     if ctx.ablation == "resample":
         keep = drop_inputless(ctx.graph, keep)
