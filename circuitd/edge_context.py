@@ -19,12 +19,12 @@ from circuitd.batch import TaskBatch, iter_batches
 from circuitd.edges import EdgeGraph
 from circuitd.models.adapter import ModelAdapter
 from circuitd.patching import PatchingEngine
-from circuitd.progress import Cancelled, Progress, ShouldStop
+from circuitd.progress import Progress, Reports, ShouldStop
 from circuitd.tasks.base import Task
 
 
 @dataclass
-class MethodContext:
+class MethodContext(Reports):
     model: ModelAdapter
     graph: EdgeGraph
     task: Task
@@ -33,14 +33,6 @@ class MethodContext:
     batch_size: int = 32
     progress: Progress | None = None
     should_stop: ShouldStop | None = None
-
-    def report(self, fraction: float, stage: str) -> None:
-        if self.progress is not None:
-            self.progress(fraction, stage)
-
-    def check_stop(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("cancelled")
 
     def metric_fn(self, batch: TaskBatch, at_answers: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
         """The task metric of logits on this batch (KL against the clean model); with

@@ -16,3 +16,26 @@ ShouldStop = Callable[[], bool]
 
 class Cancelled(CircuitdError):
     """The run was asked to stop."""
+
+
+class Reports:
+    """``report``, ``check_stop`` and ``scaled`` for a context that holds the two callbacks
+    (the method contexts are dataclasses with these two fields)."""
+
+    progress: Progress | None
+    should_stop: ShouldStop | None
+
+    def report(self, fraction: float, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(fraction, stage)
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("cancelled")
+
+    def scaled(self, lo: float, hi: float, prefix: str = "") -> Progress | None:
+        """Progress of a sub-stage mapped onto ``[lo, hi]`` of this run's."""
+        report = self.progress
+        if report is None:
+            return None
+        return lambda f, stage: report(lo + (hi - lo) * f, prefix + stage)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from circuitd.names import AblationName, MetricName
-from circuitd.progress import Cancelled, Progress, ShouldStop
+from circuitd.progress import Progress, Reports, ShouldStop
 from circuitd.settings import get_settings
 
 if TYPE_CHECKING:
@@ -103,27 +103,12 @@ class Result:
 
 
 @dataclass
-class RunContext:
+class RunContext(Reports):
     """A job as a method sees it: the spec, and the caller's progress and stop callbacks."""
 
     spec: JobSpec
     progress: Progress | None = None
     should_stop: ShouldStop | None = None
-
-    def report(self, fraction: float, stage: str) -> None:
-        if self.progress is not None:
-            self.progress(fraction, stage)
-
-    def check_stop(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("cancelled")
-
-    def scaled(self, lo: float, hi: float, prefix: str = "") -> Progress | None:
-        """Progress of a sub-stage mapped onto ``[lo, hi]`` of this run's."""
-        report = self.progress
-        if report is None:
-            return None
-        return lambda f, stage: report(lo + (hi - lo) * f, prefix + stage)
 
 
 def load_entry(entry: str) -> Any:

@@ -32,8 +32,8 @@ def score_acdc(
     start, pre_info = None, None
     progress = ctx.progress
     if params.prefilter_top_n is not None or params.prefilter_threshold is not None:
-        start, pre_info = prefilter(replace(ctx, progress=_scaled(progress, 0.0, 0.1, "prefilter: ")), params)
-        progress = _scaled(progress, 0.1, 1.0, "")
+        start, pre_info = prefilter(replace(ctx, progress=ctx.scaled(0.0, 0.1, "prefilter: ")), params)
+        progress = ctx.scaled(0.1, 1.0)
     search = replace(ctx, metric=params.acdc_metric, progress=progress)
     run = acdc_fast(search, params.tau, params.abs_diff, start, rows, memory)
     info: dict[str, Any] = {
@@ -62,8 +62,3 @@ def largest_surviving_tau(run: ACDCRun, names: list[str]) -> dict[str, float]:
             out[names[i]] = tau
     return out
 
-
-def _scaled(report: Any, lo: float, hi: float, prefix: str) -> Any:
-    if report is None:
-        return None
-    return lambda f, stage: report(lo + (hi - lo) * f, prefix + stage)
