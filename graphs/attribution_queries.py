@@ -10,7 +10,7 @@ from typing import Any
 
 import networkx as nx
 
-from graphs.attribution_graph import from_networkx, to_networkx
+from graphs.attribution_networkx import from_networkx, to_networkx
 
 
 def is_attribution(graph: nx.Graph[str]) -> bool:

@@ -27,7 +27,8 @@ from typing import Any, TypeAlias, TypeGuard
 import networkx as nx
 import numpy as np
 
-from graphs.attribution_graph import AttributionGraph, Node, PruneResult, from_networkx
+from graphs.attribution_graph import AttributionGraph, Node, PruneResult
+from graphs.attribution_networkx import from_networkx
 
 SCHEMA_VERSION = 1
 

@@ -21,7 +21,8 @@ from circuitd.models.registry import load_model
 from circuitd.settings import get_settings
 from circuitd.tasks.base import answer_ids, prompt_ids
 from circuitd.transcoders.sources import load_transcoders
-from graphs.attribution_graph import AttributionGraph, PruneResult, kind_mask, node_id, to_networkx
+from graphs.attribution_graph import AttributionGraph, PruneResult, kind_mask, node_id
+from graphs.attribution_networkx import to_networkx
 
 if TYPE_CHECKING:
     from circuitd.methods.attribution_graph import AttributionGraphParams

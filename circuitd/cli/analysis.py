@@ -198,7 +198,8 @@ def cmd_validate_graph(args: argparse.Namespace) -> int:
     from circuitd.models.registry import load_model
     from circuitd.transcoders.sources import load_transcoders
     from graphs import read_json
-    from graphs.attribution_graph import graph_parts, node_id
+    from graphs.attribution_graph import node_id
+    from graphs.attribution_networkx import graph_parts
 
     try:
         graph = read_json(args.graph)

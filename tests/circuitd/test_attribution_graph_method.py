@@ -14,7 +14,7 @@ from circuitd.errors import CircuitdError
 from circuitd.spec import JobSpec
 from circuitd.transcoders import random_transcoders, save
 from graphs import from_node_link, to_node_link
-from graphs.attribution_graph import from_networkx, graph_parts
+from graphs.attribution_networkx import from_networkx, graph_parts
 from graphs.attribution_queries import logit_nodes, paths_to_logit, reprune, top_features
 from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
 
@@ -187,7 +187,7 @@ def test_targets_that_tokenize_alike_are_refused():
 
 def test_stored_form_is_compact_and_exact(result):
     """The stored full graph carries the matrix in a few bytes per entry, exactly."""
-    from graphs.attribution_graph import decode_matrix, encode_matrix, to_networkx
+    from graphs.attribution_networkx import decode_matrix, encode_matrix, to_networkx
 
     _, r = result
     full = from_networkx(_stored(r))

@@ -13,15 +13,14 @@ from graphs.attribution_graph import (
     AttributionGraph,
     Node,
     completeness_score,
-    from_networkx,
     influence,
     logit_weights,
     node_id,
     normalized_abs,
     prune,
     replacement_score,
-    to_networkx,
 )
+from graphs.attribution_networkx import from_networkx, to_networkx
 
 TOL = 1e-12
 

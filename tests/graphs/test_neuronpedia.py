@@ -6,7 +6,7 @@ import copy
 import json
 
 from graphs import from_node_link, to_node_link
-from graphs.attribution_graph import to_networkx
+from graphs.attribution_networkx import to_networkx
 from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
 from tests.graphs.test_attribution import TOL, TOTAL, hand_adjacency, hand_graph
 
