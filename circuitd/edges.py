@@ -1,4 +1,4 @@
-"""The edge graph of a model (REFERENCE §1): sources, destinations, stable names, mask layout.
+"""The edge graph of a model: sources, destinations, stable names, mask layout.
 
 Sources are ordered ``input, a0.h0 .. a0.h{H-1}, m0, a1.h0, ...``, so the sources that a
 destination may read always form a prefix of that list. Destinations come in groups in
@@ -165,7 +165,7 @@ class EdgeGraph:
 
 
 def count_edges(shape: ModelShape, split_qkv: bool = True) -> int:
-    """The closed-form count of REFERENCE §1 (tests check it against the enumeration)."""
+    """The closed-form edge count (tests check it against the enumeration)."""
     L, H = shape.n_layers, shape.n_heads
     s = 3 if split_qkv else 1
     logits = 1 + L * H

@@ -1,4 +1,4 @@
-"""Faithfulness of circuits, the faithfulness curve, CPR and CMD (REFERENCE §3).
+"""Faithfulness of circuits, the faithfulness curve, CPR and CMD.
 
 An :class:`Evaluator` prepares a task once (ablated source values and clean
 log-probabilities per minibatch) and then scores any number of circuits, several per

@@ -1,4 +1,4 @@
-"""Task metrics at the answer position, and normalised faithfulness (REFERENCE §3).
+"""Task metrics at the answer position, and normalised faithfulness.
 
 Every metric takes logits with any leading circuit axes ``[..., B, P, V]`` and returns the
 mean over the batch ``[...]``. Answer sets with several tokens: ``logit_diff`` compares

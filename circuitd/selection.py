@@ -1,4 +1,4 @@
-"""From edge scores to a circuit: top-n or threshold, then dangling parts removed (REFERENCE §4)."""
+"""From edge scores to a circuit: top-n or threshold, then dangling parts removed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The graph-level maths of an attribution graph (REFERENCE §6), on a dense adjacency matrix.
+"""The graph-level maths of an attribution graph (Ameisen et al. 2025), on a dense adjacency matrix.
 
 Independent of how the matrix was computed: ``circuitd`` fills it with batched backward passes,
 this module only reads it. Pure numpy and networkx, so the API can re-prune a stored graph.
@@ -231,7 +231,7 @@ def prune(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
 ) -> PruneResult:
-    """Keep the nodes and edges that carry most of the influence on the logits (REFERENCE §6).
+    """Keep the nodes and edges that carry most of the influence on the logits (Ameisen et al. 2025).
 
     1. Nodes: rank *all* nodes by influence (tokens included, as circuit-tracer does; logits have 0)
        and take the fewest, best first, whose running sum reaches ``node_threshold`` of the total

@@ -1,7 +1,7 @@
-"""Attribution graphs in the Neuronpedia layout (REFERENCE §6), the JSON that circuit-tracer's and
+"""Attribution graphs in the Neuronpedia layout (Ameisen et al. 2025), the JSON that circuit-tracer's and
 Neuronpedia's graph viewers read, and a schema check of such documents.
 
-Field names are exactly those of REFERENCE §6; the values follow what circuit-tracer writes:
+Field names are exactly Neuronpedia's; the values follow what circuit-tracer writes:
 
 - ``feature_type``: ``"cross layer transcoder"`` for every feature (circuit-tracer uses it for
   per-layer transcoders too), ``"mlp reconstruction error"``, ``"embedding"``, ``"logit"``.
@@ -234,7 +234,7 @@ def _records(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]
 
 
 def validate_neuronpedia(doc: Any) -> list[str]:
-    """Problems that keep ``doc`` from being a Neuronpedia graph per REFERENCE §6; empty when valid.
+    """Problems that keep ``doc`` from being a Neuronpedia graph per Neuronpedia's schema; empty when valid.
 
     Checks the four top-level sections, every required key and its JSON type (``layer`` a string,
     ``feature`` and ``ctx_idx`` integers, numbers finite, booleans not taken for numbers), lists of

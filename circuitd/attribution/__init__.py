@@ -1,4 +1,4 @@
-"""Attribution graphs on a local replacement model (Ameisen et al. 2025; REFERENCE §6).
+"""Attribution graphs on a local replacement model (Ameisen et al. 2025).
 
 * :mod:`~circuitd.attribution.replacement`: one real forward pass recorded, and the local
   replacement model (frozen attention patterns and LayerNorm scales, MLPs as transcoders plus

@@ -1,6 +1,5 @@
 """Attribution graphs: the nodes of one prompt and the adjacency between them, computed on the
-local replacement model of :mod:`circuitd.attribution.replacement` (Ameisen et al. 2025;
-REFERENCE §6).
+local replacement model of :mod:`circuitd.attribution.replacement` (Ameisen et al. 2025).
 
 Nodes (order features, errors, tokens, logits, as :mod:`graphs.attribution_graph` requires):
 

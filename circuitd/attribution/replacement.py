@@ -1,4 +1,4 @@
-"""The local replacement model of attribution graphs (Ameisen et al. 2025; REFERENCE §6).
+"""The local replacement model of attribution graphs (Ameisen et al. 2025).
 
 One prompt, one real forward pass: :func:`record` hooks the model and keeps what the local
 replacement model freezes. :class:`ReplacementContext` then runs that replacement model with

@@ -1,4 +1,4 @@
-"""EAP and EAP-IG scores (REFERENCE §4): every edge at once on the patching engine.
+"""EAP and EAP-IG scores (Syed et al. 2023; Hanna et al. 2024): every edge at once on the patching engine.
 
 One corrupted pass for the ablated values, then per interpolation step one forward and one
 backward pass per minibatch. The ACDC prefilter scores with the same function.

@@ -1,4 +1,4 @@
-"""The one patching engine (REFERENCE §2). Every edge method runs on it.
+"""The one patching engine. Every edge method runs on it.
 
 Edge weights ``alpha`` over the flat edge index say how much of each edge is ablated:
 0 keeps the edge, 1 removes it. A destination's input becomes

@@ -1,7 +1,7 @@
 """Incremental patched passes: one circuit's node values kept, and circuits that differ
 from it in a few edges evaluated by recomputing only the nodes those edges reach.
 
-The semantics are the patching engine's (REFERENCE §2, :mod:`circuitd.patching`): a
+The semantics are the patching engine's (:mod:`circuitd.patching`): a
 destination input is, for every source it may read, the source's output in this circuit
 when the edge is kept and the source's ablated value when it is not, plus the attention
 output biases of the layers it reads. So removing an edge ``u -> v`` adds ``ablated_u -

@@ -1,4 +1,4 @@
-"""Transcoders: wide, sparse stand-ins for a model's MLPs (REFERENCE §6).
+"""Transcoders: wide, sparse stand-ins for a model's MLPs (Ameisen et al. 2025).
 
 * :mod:`~circuitd.transcoders.modules`: per-layer and cross-layer transcoders and the set that
   replaces every MLP of a model;

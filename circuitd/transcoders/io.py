@@ -1,4 +1,4 @@
-"""Where transcoder sets come from: files in circuit-tracer's layout (REFERENCE §6), read and
+"""Where transcoder sets come from: files in circuit-tracer's layout (Ameisen et al. 2025), read and
 written here with safetensors and PyYAML, and seeded random sets for tests and demos.
 
 Directory layout (circuit-tracer's): ``config.yaml`` with ``kind`` (``transcoder`` or

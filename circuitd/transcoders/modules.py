@@ -1,4 +1,4 @@
-"""Transcoders: wide, sparse stand-ins for a model's MLPs (REFERENCE §6).
+"""Transcoders: wide, sparse stand-ins for a model's MLPs (Ameisen et al. 2025).
 
 The attribution-graph method explains each MLP's output as a transcoder reconstruction
 plus an error term, so the transcoder's feature activations become the graph's nodes.

@@ -2,7 +2,7 @@
 
 Attribution graphs need transcoders that reconstruct each MLP well with few active features;
 this module trains them on the model's own activations and reports the three figures a
-researcher checks before trusting a graph built on them (REFERENCE §6):
+researcher checks before trusting a graph built on them (Ameisen et al. 2025):
 
 * fraction of variance explained (FVE) of each MLP output, on held-out activations:
   ``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²``;

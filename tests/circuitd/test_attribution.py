@@ -1,4 +1,4 @@
-"""Attribution graphs (REFERENCE §6) pinned by independent computations: the replacement model
+"""Attribution graphs (Ameisen et al. 2025) pinned by independent computations: the replacement model
 against the real model's logits, every adjacency column against an intervention (rerunning the
 frozen model with the source's vector added, or with a feature's activation doubled), and the
 adjacency against an autograd Jacobian of the frozen linear model."""

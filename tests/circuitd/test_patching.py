@@ -1,4 +1,4 @@
-"""The patching engine against independent computations (REFERENCE §2 invariants)."""
+"""The patching engine against independent computations (its invariants)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ACDC (Conmy et al. 2023; REFERENCE §5): greedy edge pruning, exact and fast, with an
+"""ACDC (Conmy et al. 2023): greedy edge pruning, exact and fast, with an
 attribution-patching prefilter and a sweep over tau in one run.
 
 Order. Destination nodes are visited from the output backwards: ``logits``; then for
