@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from circuitd.errors import ModelError
-from circuitd.methods import METHODS
+from circuitd.methods import METHODS, param_owners
 from circuitd.methods.contract import MethodParams
 from circuitd.models.ids import parse_model_id
 from circuitd.names import DTypeName
@@ -71,11 +71,6 @@ def _field_names() -> set[str]:
     return names
 
 
-def _owners(name: str) -> list[str]:
-    """The methods that have a parameter called ``name``."""
-    return [m.name for m in METHODS.values() if name in m.params.model_fields]
-
-
 def _params_errors(exc: ValidationError) -> list[InitErrorDetails]:
     """A parameter model's errors, located under ``params``."""
     return [
@@ -118,7 +113,7 @@ class JobSpec(BaseModel):
             raise ValueError("params: expected an object of the method's parameters")
         raw = {str(k): v for k, v in cast("dict[Any, Any]", given).items()}
         for name in [k for k in data if k not in cls.model_fields]:
-            owners = _owners(name)
+            owners = param_owners(name)
             if not owners:
                 continue  # not a parameter of any method: the spec's own check refuses it
             if method not in owners:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic.fields import FieldInfo
 
 from circuitd.errors import CircuitdError
-from circuitd.methods import METHODS
+from circuitd.methods import METHODS, param_owners
 
 
 def flag_of(name: str, info: FieldInfo) -> str:
@@ -81,10 +81,6 @@ def _help(info: FieldInfo, repeat: bool) -> str:
     return (text + (" (repeat for more)" if repeat else "")).replace("%", "%%")
 
 
-def owners(name: str) -> list[str]:
-    return [m.name for m in METHODS.values() if name in m.params.model_fields]
-
-
 def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per method parameter, in help groups named after the methods that read them."""
     groups: dict[str, Any] = {}
@@ -94,7 +90,7 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
             if name in seen:
                 continue
             seen.add(name)
-            title = ", ".join(owners(name))
+            title = ", ".join(param_owners(name))
             if title not in groups:
                 groups[title] = parser.add_argument_group(f"parameters of {title}")
             kw = _keywords(info)
@@ -115,7 +111,8 @@ def method_params(args: argparse.Namespace, method: str) -> dict[str, Any]:
             continue
         name = dest.removeprefix("param_")
         if name not in METHODS[method].params.model_fields:
-            first = METHODS[owners(name)[0]].params.model_fields[name]
-            raise CircuitdError(f"{flag_of(name, first)}: only for {', '.join(owners(name))}, not {method}")
+            owners = param_owners(name)
+            flag = flag_of(name, METHODS[owners[0]].params.model_fields[name])
+            raise CircuitdError(f"{flag}: only for {', '.join(owners)}, not {method}")
         params[name] = value
     return params

@@ -17,4 +17,10 @@ from circuitd.methods.eap import EAP, EAP_IG
 
 METHODS: dict[str, Method] = {m.name: m for m in (EAP, EAP_IG, ACDC, ATTRIBUTION_GRAPH)}
 
-__all__ = ["METHODS", "Method"]
+
+def param_owners(name: str) -> list[str]:
+    """The methods that have a parameter called ``name`` (for errors that name them)."""
+    return [m.name for m in METHODS.values() if name in m.params.model_fields]
+
+
+__all__ = ["METHODS", "Method", "param_owners"]
