@@ -22,10 +22,13 @@ COPY circuitd ./circuitd
 COPY graphs ./graphs
 COPY workers ./workers
 COPY api ./api
+# /data holds the default SQLite store and broker and an API key: its user's only (0700).
+# The processes run as that user, never root.
 RUN pip install . \
     && useradd --create-home --uid 1000 circuitd \
     && mkdir -p /data /cache/huggingface \
-    && chown -R circuitd /data /cache
+    && chown -R circuitd /data /cache \
+    && chmod 0700 /data
 
 USER circuitd
 EXPOSE 8000

@@ -1,21 +1,19 @@
-"""What routes depend on: the store, the caller's identity, the task sender, cached graphs."""
+"""What routes depend on: the store, the caller's identity (rate limited), the task sender."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections import OrderedDict
 from functools import lru_cache
 from typing import Annotated
 
-import networkx as nx
 from celery import Celery
-from fastapi import Depends, Header, HTTPException, status
+from fastapi import Depends, Header, HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
 
+from api.fair_use import RateLimiter
 from circuitd.settings import get_settings
-from circuitd.store import TASK_NAME, Job, JobStatus, Store, celery_conf, get_store
-from graphs import from_node_link
+from circuitd.store import TASK_NAME, Job, Store, celery_conf, get_store
 
 KEY_CACHE_S = 10.0  # a revoked key stops working within this many seconds
 
@@ -29,49 +27,65 @@ StoreDep = Annotated[Store, Depends(store)]
 
 
 class KeyCache:
-    """Owner lookups by key, kept briefly: most requests then skip the database."""
+    """Owners by key, kept briefly: most requests then skip the database."""
 
     def __init__(self, ttl: float = KEY_CACHE_S):
         self.ttl = ttl
         self._items: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    def owner(self, st: Store, key: str) -> str | None:
-        now = time.monotonic()
+    def cached(self, key: str) -> str | None:
         with self._lock:
             hit = self._items.get(key)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        owner = st.owner_for_key(key)
-        if owner is not None:
-            with self._lock:
-                if len(self._items) > 10_000:
-                    self._items.clear()
-                self._items[key] = (owner, now + self.ttl)
-        return owner
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def remember(self, key: str, owner: str) -> None:
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key] = (owner, time.monotonic() + self.ttl)
 
 
 _keys = KeyCache()
 
 
-async def current_owner(st: StoreDep, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The owner of the bearer key; with auth disabled (explicitly, by setting) everyone is ``local``.
+def rate_limiter(request: Request) -> RateLimiter:
+    """The app's limiter (``create_app`` makes one per app, from the settings)."""
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if not isinstance(limiter, RateLimiter):
+        s = get_settings()
+        limiter = request.app.state.rate_limiter = RateLimiter(s.rate_limit_per_s, s.rate_limit_burst)
+    return limiter
 
-    Async: a cached key costs nothing, and a miss is one indexed lookup, rarer than every 10 s per key.
+
+async def current_owner(
+    st: StoreDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The owner of the bearer key, within its request rate; with auth disabled (explicitly, by
+    setting) everyone is ``local``.
+
+    Async: a cached key costs nothing, so it stays on the event loop; a miss (rarer than every
+    10 s per key) is a database lookup, run in the threadpool so the loop never waits on it.
     """
     if get_settings().auth_disabled:
-        return "local"
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    owner = _keys.owner(st, token.strip())
-    if owner is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}
-        )
+        owner = "local"
+    else:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        owner = _keys.cached(token)
+        if owner is None:
+            owner = await run_in_threadpool(st.owner_for_key, token)
+            if owner is None:
+                raise HTTPException(
+                    status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}
+                )
+            _keys.remember(token, owner)
+    rate_limiter(request).check(owner)
     return owner
 
 
@@ -99,35 +113,3 @@ def owned_job(job_id: str, owner: OwnerDep, st: StoreDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(owned_job)]
-
-
-class GraphCache:
-    """Decompressed graphs of finished jobs (they never change), most recently used kept."""
-
-    def __init__(self, size: int = 32):
-        self.size = size
-        self._items: OrderedDict[str, tuple[bytes, nx.MultiDiGraph[str] | nx.DiGraph[str]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, st: Store, job: Job) -> tuple[bytes, nx.MultiDiGraph[str] | nx.DiGraph[str]]:
-        if job.status != JobStatus.succeeded:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"job {job.id} is {job.status}: a graph exists once it succeeded"
-            )
-        with self._lock:
-            hit = self._items.get(job.id)
-            if hit is not None:
-                self._items.move_to_end(job.id)
-                return hit
-        raw = st.load_graph_bytes(job.id)
-        if raw is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} has no stored graph")
-        graph = from_node_link(json.loads(raw))
-        with self._lock:
-            self._items[job.id] = (raw, graph)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return raw, graph
-
-
-graphs = GraphCache()

@@ -30,6 +30,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    error_code: str | None  # stable: invalid_spec, model, task, time_limit, out_of_memory, worker_lost, ...
+    worker_lost: bool  # running, but its worker's heartbeat stopped: it will be requeued
     metrics: dict[str, Any] | None
     attempts: int
     cancel_requested: bool
@@ -37,12 +39,14 @@ class JobOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, worker_lost: bool = False) -> JobOut:
+        """``worker_lost``: from ``Store.worker_lost`` (the store knows the database's clock)."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id, status=JobStatus(job.status), progress=job.progress, stage=job.stage, queue=job.queue,
             created_at=_utc(job.created_at), started_at=_utc(job.started_at),
-            finished_at=_utc(job.finished_at), error=job.error, metrics=job.summary, attempts=job.attempts,
+            finished_at=_utc(job.finished_at), error=job.error, error_code=job.error_code,
+            worker_lost=worker_lost, metrics=job.summary, attempts=job.attempts,
             cancel_requested=job.cancel_requested, spec=job.spec,
             links={"self": base, "graph": f"{base}/graph", "cancel": f"{base}/cancel"},
         )
@@ -57,7 +61,10 @@ class JobPage(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error: ``detail`` is one line that names the field when a field is at fault."""
+    """An error: ``detail`` is one line that names the field when a field is at fault; ``code`` is
+    a stable word to branch on (invalid, unauthorized, not_found, conflict, too_large, quota,
+    rate_limited, unavailable, internal, ...)."""
 
     detail: str
+    code: str
     errors: list[dict[str, Any]] | None = None

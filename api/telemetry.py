@@ -22,6 +22,15 @@ latency = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 submitted = Counter("circuitd_jobs_submitted", "jobs created through the API", registry=registry)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def labels(scope: dict[str, Any]) -> tuple[str, str]:
+    """``(method, route)`` from a bounded set: any other method is ``OTHER``, an unrouted path
+    ``unmatched``, so invented methods and paths cannot grow the series without bound."""
+    method = scope.get("method", "")
+    route = getattr(scope.get("route"), "path", None)
+    return (method if method in METHODS else "OTHER"), (route if isinstance(route, str) else "unmatched")
 
 
 class JobsByStatus(Collector):
@@ -42,7 +51,7 @@ registry.register(JobsByStatus())
 
 
 class MetricsMiddleware:
-    """Pure ASGI: times each request and labels it by its route template, not its raw path."""
+    """Pure ASGI: times each request and labels it by its route template and a known method."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -62,7 +71,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope.get("method", "")
+            method, route = labels(scope)
             requests.labels(method, route, str(code[0])).inc()
             latency.labels(method, route).observe(time.perf_counter() - started)

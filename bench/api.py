@@ -32,6 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
     "model": "random:tiny", "task": "random", "method": "eap", "n_prompts": 6, "top_n": 20, "curve": False,
 }
+# One key submits every job and nothing consumes them: the per-owner quota and request rate would
+# refuse most of them, so the bench's own API lifts both (the checks still run on every request).
+UNLIMITED = {
+    "CIRCUITD_MAX_ACTIVE_JOBS_PER_OWNER": str(10**9), "CIRCUITD_RATE_LIMIT_PER_S": "1e9",
+    "CIRCUITD_RATE_LIMIT_BURST": str(10**9),
+}
 
 
 def _free_port() -> int:
@@ -95,7 +101,7 @@ def start_api(root: Path, broker: str, prefix: str) -> tuple[subprocess.Popen[by
     key = Store(database).create_key("bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUITD_")}
     env.update(CIRCUITD_DATABASE_URL=database, CIRCUITD_BROKER_URL=broker, CIRCUITD_QUEUE_PREFIX=prefix,
-               CIRCUITD_DATA_DIR=str(root))
+               CIRCUITD_DATA_DIR=str(root), **UNLIMITED)
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port), "--log-level", "warning",
@@ -120,7 +126,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--submits", type=int, default=400)
     parser.add_argument("--statuses", type=int, default=3000)
-    parser.add_argument("--url", help="bench a running API instead (needs --key unless auth is off)")
+    parser.add_argument("--url", help="bench a running API instead (needs --key unless auth is off; its "
+                        "quota and rate limit must allow the submissions: see UNLIMITED)")
     parser.add_argument("--key")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0", help="a broker URL, or 'sqlite'")
     args = parser.parse_args()

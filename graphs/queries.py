@@ -9,7 +9,7 @@ attribution graph (a DiGraph; its edges have no key and no name).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, TypeGuard, TypeVar
 
@@ -85,49 +85,91 @@ def neighbourhood(graph: nx.DiGraph[str], node: str) -> dict[str, Any]:
     }
 
 
-def _hop_strength(graph: nx.DiGraph[str], u: str, v: str) -> float:
-    parallel: Iterable[dict[str, Any]] = (
-        graph.get_edge_data(u, v).values() if _is_multi(graph) else [graph.get_edge_data(u, v)]
-    )
-    return max(abs(d.get("score", 0.0) or 0.0) for d in parallel)
+def _hop_strengths(graph: nx.DiGraph[str]) -> dict[tuple[str, str], float]:
+    """|score| of each hop ``(u, v)``; parallel q/k/v edges count as one hop, the strongest."""
+    out: dict[tuple[str, str], float] = {}
+    for u, v, _, d in _edges(graph):
+        out[u, v] = max(out.get((u, v), 0.0), abs(d.get("score", 0.0) or 0.0))
+    return out
+
+
+def _reach(graph: nx.DiGraph[str], start: str, forward: bool = True) -> set[str]:
+    """``start`` and every node reachable from it (``forward``) or that reaches it."""
+    step = graph.successors if forward else graph.predecessors
+    seen, todo = {start}, [start]
+    while todo:
+        for n in step(todo.pop()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+def _paths_within(graph: nx.DiGraph[str], a: str, b: str, on_path: set[str]) -> Iterator[list[str]]:
+    """Paths ``a -> b`` in the part of a DAG on some such path: every walk from ``a`` there reaches
+    ``b``, so the enumeration never explores a dead end and each path costs its length."""
+    if a == b:
+        yield [a]
+        return
+    yield from nx.all_simple_paths(graph.subgraph(on_path).copy(), a, b)
 
 
 def paths_through(
-    graph: nx.DiGraph[str], node: str, source: str = "input", target: str = "logits", limit: int = 100
+    graph: nx.DiGraph[str],
+    node: str,
+    source: str = "input",
+    target: str = "logits",
+    limit: int = 100,
+    max_candidates: int = 10_000,
 ) -> dict[str, Any]:
-    """Paths ``source -> ... -> node -> ... -> target`` (at most ``limit``), each with its weakest hop.
+    """The ``limit`` strongest paths ``source -> ... -> node -> ... -> target``, each with its
+    weakest hop, strongest (by weakest hop) first; KeyError if ``node`` is not in the graph.
 
     A node's parallel q/k/v edges count as one hop (the strongest of them). The circuit is a
-    DAG, so the paths are finite, but their number can grow fast: ``truncated`` says so.
+    DAG, so the paths are finite, but their number can grow exponentially with its depth: at
+    most ``max_candidates`` paths are enumerated and ranked (the first found, heads and tails in
+    the order networkx walks them), and ``truncated`` says more exist.
+    A node off every ``source``-``target`` path answers at once with no paths (``reachable``
+    false) rather than searching the graph for one.
     """
     if node not in graph:
         raise KeyError(node)
-    for end in (source, target):
-        if end not in graph:
-            return {"node": node, "paths": [], "truncated": False}
+    none: dict[str, Any] = {
+        "node": node, "paths": [], "truncated": False, "reachable": False, "candidates": 0,
+    }
+    if source not in graph or target not in graph:
+        return none
     simple: nx.DiGraph[str] = nx.DiGraph(graph)
+    into_node, from_node = _reach(simple, node, forward=False), _reach(simple, node)
+    if source not in into_node or target not in from_node:
+        return none
+    heads = into_node & _reach(simple, source)
+    tails = from_node & _reach(simple, target, forward=False)
+    budget = max(1, max_candidates)
+    hop = _hop_strengths(graph)
 
-    def between(a: str, b: str) -> Iterator[list[str]]:
-        if a == b:
-            yield [a]
-            return
-        yield from nx.all_simple_paths(simple, a, b)
+    def weakest(path: list[str]) -> float | None:
+        return min((hop[u, v] for u, v in zip(path, path[1:], strict=False)), default=None)
 
-    def joined() -> Iterator[list[str]]:
-        tails: list[list[str]] | None = None
-        for head in between(source, node):
-            if tails is None:
-                tails = list(islice(between(node, target), limit + 1))
-            for tail in tails:
-                yield head + tail[1:]
+    # A candidate is a head (source -> node) joined to a tail (node -> target): its weakest hop
+    # is the weaker of theirs, so each is scored once and only the paths returned are joined.
+    ends = [(t, weakest(t)) for t in islice(_paths_within(simple, node, target, tails), budget + 1)]
 
-    found = list(islice(joined(), limit + 1))
-    paths: list[dict[str, Any]] = []
-    for p in found[:limit]:
-        hops = [_hop_strength(graph, a, b) for a, b in zip(p, p[1:], strict=False)]
-        paths.append({"nodes": p, "min_abs_score": min(hops) if hops else None})
-    paths.sort(key=lambda p: -(p["min_abs_score"] or 0.0))
-    return {"node": node, "paths": paths, "truncated": len(found) > limit}
+    def joined() -> Iterator[tuple[float, list[str], list[str]]]:
+        for head in _paths_within(simple, source, node, heads):
+            head_weakest = weakest(head)
+            for tail, tail_weakest in ends:
+                both = [w for w in (head_weakest, tail_weakest) if w is not None]
+                yield (min(both) if both else -1.0), head, tail
+
+    found = list(islice(joined(), budget + 1))
+    ranked = sorted(found[:budget], key=lambda c: -c[0])[:limit]
+    return {
+        "node": node,
+        "paths": [{"nodes": h + t[1:], "min_abs_score": w if w >= 0 else None} for w, h, t in ranked],
+        "truncated": len(found) > min(budget, limit), "reachable": True,
+        "candidates": min(len(found), budget),
+    }
 
 
 def subgraph_above(graph: _G, min_abs_score: float) -> _G:

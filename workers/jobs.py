@@ -1,23 +1,27 @@
-"""The one task, ``circuitd.run_job(job_id)``, and the worker's housekeeping.
+"""The one task, ``circuitd.run_job(job_id)``, and the worker's life in the store.
 
-Each worker's main process sweeps the store now and then: jobs whose worker was lost
-(no heartbeat) go back to the queue, and queued jobs whose message may be gone are sent
-again. The store's compare-and-set claim makes a duplicate message harmless.
+At start the worker checks that its liveness settings agree (``check_liveness_settings``),
+then its main process registers in the store and runs the ``Sweeper`` (workers/sweeper.py):
+lost workers' jobs go back to the queue, lost messages are sent again, jobs no worker
+serves fail, old jobs are deleted. The store's compare-and-set claim makes a duplicate
+message harmless. A clean shutdown removes the worker's row.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import sys
 from typing import Any
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
-from circuitd.store import TASK_NAME, get_store
+from circuitd.store import TASK_NAME, ErrorCode, check_liveness_settings, get_store, worker_id
 from workers.app import app
 from workers.runner import execute
+from workers.sweeper import Sweeper
 
 log = logging.getLogger("circuitd.worker")
 
@@ -40,50 +44,50 @@ def fail_on_hard_time_limit(
     if getattr(sender, "name", None) != TASK_NAME or not isinstance(exception, TimeLimitExceeded) or not args:
         return
     limit = exception.args[0] if exception.args else app.conf.task_time_limit
-    get_store().fail(args[0], None, f"time limit: killed after {limit} s (CIRCUITD_JOB_TIME_LIMIT)")
+    get_store().fail(
+        args[0], None, f"time limit: killed after {limit} s (CIRCUITD_JOB_TIME_LIMIT)", ErrorCode.time_limit
+    )
 
 
-def sweep_once() -> list[str]:
-    """Re-send the jobs the store says were lost; returns their ids."""
-    sent = []
-    for job in get_store().sweep():
-        app.send_task(TASK_NAME, args=[job.id], queue=job.queue)
-        log.warning("job %s re-sent to %s (was %s on %s)", job.id, job.queue, job.status, job.worker)
-        sent.append(job.id)
-    return sent
+@signals.worker_init.connect
+def _check_settings(**_: Any) -> None:
+    """Refuse to start with settings under which a live worker would be taken for lost."""
+    try:
+        check_liveness_settings()
+    except CircuitdError as exc:
+        print(f"circuitd worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
-class Sweeper(threading.Thread):
-    def __init__(self, interval: float):
-        super().__init__(name="circuitd-sweeper", daemon=True)
-        self.interval = interval
-        self.stopped = threading.Event()
+def _holding() -> list[str]:
+    """The jobs whose messages this worker (its main process) received and has not finished."""
+    from celery.worker import state
 
-    def run(self) -> None:
-        while True:
-            try:
-                sweep_once()
-            except Exception:  # the broker or database may be down for a while; try again later
-                log.warning("sweep failed", exc_info=True)
-            if self.stopped.wait(self.interval):
-                return
+    for _ in range(3):
+        try:
+            requests = list(state.requests.values())
+        except RuntimeError:  # changed while copied: the consumer runs in another thread
+            continue
+        return [str(r.args[0]) for r in requests if r.name == TASK_NAME and r.args]
+    return []
 
 
 _sweeper: Sweeper | None = None
 
 
 @signals.worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
     global _sweeper
     if _sweeper is None:
-        _sweeper = Sweeper(get_settings().sweep_interval_s)
+        queues = list(app.amqp.queues.consume_from or app.amqp.queues)
+        _sweeper = Sweeper(app, get_store(), worker_id(), queues, get_settings().sweep_interval_s, _holding)
         _sweeper.start()
 
 
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     if _sweeper is not None:
-        _sweeper.stopped.set()
+        _sweeper.stop()
 
 
 @signals.worker_process_init.connect

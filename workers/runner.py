@@ -2,7 +2,9 @@
 
 Kept apart from Celery so it can be called in-process. The store decides whether this
 delivery runs at all (see ``Store.claim``): a redelivered job that already succeeded is
-not rerun, and one held by a live worker is left to it.
+not rerun, and one held by a live worker is left to it. A job from the API runs under the
+service's rules (``circuitd.access.service_access``), spec validation included; what it
+tells its owner when it fails is decided in ``workers.errors``.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from circuitd.errors import CircuitdError
+from circuitd.access import service_access
 from circuitd.progress import Cancelled
 from circuitd.settings import get_settings
-from circuitd.spec import JobSpec, spec_error_line
-from circuitd.store import JobStatus, Store, get_store, worker_id
+from circuitd.spec import JobSpec
+from circuitd.store import ErrorCode, JobStatus, Store, get_store, worker_id
 from graphs import to_node_link
+from workers.errors import job_error
+
+T = TypeVar("T")
 
 log = logging.getLogger("circuitd.worker")
 
@@ -94,16 +100,20 @@ def deadline_check(should_stop: Callable[[], bool], limit_s: float | None) -> Ca
     return check
 
 
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's CUDA OOM, a failed CPU allocation, or Python's MemoryError."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    msg = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+def while_db_down(call: Callable[[], T], what: str) -> T:
+    """``call()``, tried again while the database cannot be reached (locked, restarting), for up to
+    ``stale_after_s``: past that the job counts as lost and another worker may hold it anyway."""
+    deadline = time.monotonic() + get_settings().stale_after_s
+    pause = 0.25
+    while True:
+        try:
+            return call()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: the database did not answer; trying again in %.2f s", what, pause, exc_info=True)
+            time.sleep(pause)
+            pause = min(2.0, pause * 2)
 
 
 def free_memory() -> None:
@@ -148,9 +158,13 @@ def execute(
     store = store or get_store()
     worker = worker or worker_id()
     try:
-        return _execute(job_id, store, worker, discover, soft_limit_errors, soft_limit_s)
+        with service_access():  # a spec from the API names only what the operator allowed
+            outcome = _execute(job_id, store, worker, discover, soft_limit_errors, soft_limit_s)
     except soft_limit_errors:  # the signal landed outside the job's own handling: importing, claiming
-        return _fail_out_of_time(store, job_id, worker, time_limit_message(soft_limit_s))
+        outcome = _fail_out_of_time(store, job_id, worker, time_limit_message(soft_limit_s))
+    if outcome in ("succeeded", "failed", "cancelled"):
+        log.info("job %s: ended %s on %s", job_id, outcome, worker)
+    return outcome
 
 
 def time_limit_message(soft_limit_s: float | None) -> str:
@@ -167,7 +181,7 @@ def _fail_out_of_time(store: Store, job_id: str, worker: str, message: str) -> s
         claim = store.claim(job_id, worker)  # compare-and-set: another worker may have it by now
         if claim.action != "run":
             return claim.action
-    return "failed" if store.fail(job_id, worker, message) else "lost"
+    return "failed" if store.fail(job_id, worker, message, ErrorCode.time_limit) else "lost"
 
 
 def _execute(
@@ -184,17 +198,27 @@ def _execute(
 
         _set_torch_threads()
     settings = get_settings()
-    claim = store.claim(job_id, worker)
+    claim = while_db_down(lambda: store.claim(job_id, worker), f"job {job_id}: claim")
     if claim.action != "run":
         log.info("job %s: %s, nothing to run", job_id, claim.action)
         return claim.action
     assert claim.job is not None
     log.info("job %s: attempt %d on %s", job_id, claim.job.attempts, worker)
+
+    def end(write: Callable[[], bool], outcome: str) -> str:
+        """Write the job's end (retried while the database is down); "lost" if another worker holds it."""
+        if while_db_down(write, f"job {job_id}: {outcome}"):
+            return outcome
+        log.warning("job %s: %s, but another worker holds it now; result dropped", job_id, outcome)
+        return "lost"
+
+    def failed(code: ErrorCode, message: str) -> str:
+        return end(lambda: store.fail(job_id, worker, message, code), "failed")
+
     try:
         spec = JobSpec.model_validate(claim.job.spec)
     except ValidationError as exc:
-        store.fail(job_id, worker, spec_error_line(exc))
-        return "failed"
+        return failed(*job_error(exc, job_id, "cpu"))
 
     def progress(fraction: float, stage: str) -> None:
         try:
@@ -210,26 +234,20 @@ def _execute(
             should_stop = deadline_check(beat.should_stop, soft_limit_s)
             result = discover(spec, progress=progress, should_stop=should_stop)
             graph = to_node_link(result.full_graph)
-            if store.finish(job_id, worker, summary_of(result.metrics), graph):
-                return "succeeded"
-            log.warning("job %s: finished, but another worker holds it now; result dropped", job_id)
-            return "lost"
+            summary = summary_of(result.metrics)
         except Cancelled:
             if beat.lost.is_set():
                 return "lost"
-            store.mark_cancelled(job_id, worker)
-            return "cancelled"
+            return end(lambda: store.mark_cancelled(job_id, worker), "cancelled")
         except (*soft_limit_errors, SoftDeadlinePassed):
-            store.fail(job_id, worker, time_limit_message(soft_limit_s))
-            return "failed"
-        except (CircuitdError, ValueError) as exc:  # errors a user can act on, as the CLI treats them
-            store.fail(job_id, worker, one_line(exc))
-            return "failed"
+            return failed(ErrorCode.time_limit, time_limit_message(soft_limit_s))
         except Exception as exc:
-            if is_out_of_memory(exc):
+            code, message = job_error(exc, job_id, spec.device)
+            if code == ErrorCode.internal:
+                log.exception("job %s failed: %s", job_id, message)
+            else:
+                log.warning("job %s failed (%s): %s", job_id, code, " ".join(str(exc).split()))
+            if code == ErrorCode.out_of_memory:
                 free_memory()
-                store.fail(job_id, worker, f"out of memory on {spec.device}: {one_line(exc)[:500]}")
-                return "failed"
-            log.exception("job %s failed", job_id)
-            store.fail(job_id, worker, f"internal error: {type(exc).__name__}: {one_line(exc)[:1000]}")
-            return "failed"
+            return failed(code, message)
+        return end(lambda: store.finish(job_id, worker, summary, graph), "succeeded")  # beats on meanwhile

@@ -46,6 +46,7 @@ def tasks() -> dict[str, Any]:
     """Task generators, metrics, methods and ablations a spec may name (or an inline task)."""
     return {
         "generators": list(GENERATORS),
+        "generator_params": {name: g.describe() for name, g in GENERATORS.items()},  # task_params' schemas
         "metrics": list(METRICS),
         "methods": list(METHODS),
         "ablations": list(ABLATIONS),

@@ -4,6 +4,10 @@
 attribution graph (method ``attribution-graph``) is stored whole, so it can also be re-pruned
 with other thresholds, exported in the Neuronpedia layout, asked for its top features and the
 strongest paths into a logit, and validated by a follow-up job that scales chosen nodes.
+
+Every route here is a sync ``def``: the work (decompressing, re-pruning, enumerating paths)
+runs in the threadpool, never on the event loop. Path enumeration is bounded by
+``CIRCUITD_MAX_PATHS`` candidates; re-pruned views are cached per job and thresholds.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import networkx as nx
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import JobDep, OwnerDep, StoreDep, graphs
+from api.caches import graphs, views
+from api.deps import JobDep, OwnerDep, StoreDep
 from api.routes.jobs import enqueue
 from api.schemas import JobOut
+from circuitd.settings import get_settings
 from circuitd.spec import JobSpec
 from circuitd.store import Job, Store
 from graphs import attribution_queries as aq
@@ -25,19 +31,25 @@ from graphs import queries, to_node_link
 
 router = APIRouter(prefix="/jobs/{job_id}/graph", tags=["graphs"])
 
+GRAPH_FILES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "application/graphml+xml": {"schema": {"type": "string"}}},
+          "description": "the graph as node-link JSON, GraphML or the Neuronpedia layout"},
+}
+
 AllEdges = Annotated[bool, Query(description="every scored edge, not only the circuit's")]
 Format = Annotated[
     Literal["json", "graphml", "neuronpedia"],
     Query(description="node-link JSON, GraphML, or the Neuronpedia layout (attribution graphs)"),
 ]
 Threshold = Annotated[float | None, Query(ge=0, le=1, description="attribution graphs: re-prune with this")]
+MAX_VALIDATE_NODES = 256  # nodes one validation job may scale
 
 
 def _graph(st: Store, job: Job, all_edges: bool) -> nx.DiGraph[str]:
     _, full = graphs.get(st, job)
     if all_edges:
         return full
-    return aq.reprune(full) if aq.is_attribution(full) else queries.circuit_only(full)
+    return views.pruned(job.id, full) if aq.is_attribution(full) else queries.circuit_only(full)
 
 
 def _attribution(st: Store, job: Job) -> nx.DiGraph[str]:
@@ -65,7 +77,7 @@ def _render(graph: nx.DiGraph[str], fmt: str, job_id: str, suffix: str = "") -> 
     return _json(to_node_link(graph))
 
 
-@router.get("")
+@router.get("", responses=GRAPH_FILES)
 def get_graph(
     job: JobDep,
     st: StoreDep,
@@ -83,23 +95,28 @@ def get_graph(
         detail = "node_threshold, edge_threshold: they prune the graph; all_edges=true asks for all of it"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
     if not attribution and (format == "neuronpedia" or thresholds):
-        detail = "format=neuronpedia and node/edge thresholds are for attribution graphs, not edge circuits"
+        detail = "format: neuronpedia and node/edge thresholds are for attribution graphs, not edge circuits"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
     if format == "neuronpedia":
-        from graphs.neuronpedia import to_neuronpedia
-
-        g = full.graph
-        return _json(to_neuronpedia(
-            full, slug=job.id, prompt=g.get("prompt", ""), prompt_tokens=g.get("prompt_tokens", []),
-            node_threshold=g["node_threshold"] if node_threshold is None else node_threshold,
-            edge_threshold=g["edge_threshold"] if edge_threshold is None else edge_threshold,
-            scan=str(g.get("model", "")),
-        ))
+        key = views.key(job.id, full, node_threshold, edge_threshold)
+        body = views.neuronpedia.get_or_make(key, lambda: _neuronpedia(full, *key))
+        return Response(body, media_type="application/json")
     if all_edges and format == "json":
         return Response(raw, media_type="application/json")  # stored as is: no re-encoding
     if attribution and not all_edges:
-        return _render(aq.reprune(full, node_threshold, edge_threshold), format, job.id)
+        return _render(views.pruned(job.id, full, node_threshold, edge_threshold), format, job.id)
     return _render(_graph(st, job, all_edges), format, job.id)
+
+
+def _neuronpedia(full: nx.DiGraph[str], job_id: str, node_threshold: float, edge_threshold: float) -> bytes:
+    from graphs.neuronpedia import to_neuronpedia
+
+    g = full.graph
+    doc = to_neuronpedia(
+        full, slug=job_id, prompt=g.get("prompt", ""), prompt_tokens=g.get("prompt_tokens", []),
+        node_threshold=node_threshold, edge_threshold=edge_threshold, scan=str(g.get("model", "")),
+    )
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 @router.get("/top")
@@ -127,19 +144,22 @@ def paths(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     all_edges: AllEdges = False,
 ) -> Response:
-    """Paths from ``input`` to ``logits`` through a node (edge circuits; attribution graphs have
-    ``/logit-paths``)."""
+    """The strongest paths from ``input`` to ``logits`` through a node (edge circuits; attribution
+    graphs have ``/logit-paths``): at most ``limit``, ranked among at most ``CIRCUITD_MAX_PATHS``
+    candidates; ``truncated`` says more exist, ``reachable`` false that none can."""
     if aq.is_attribution(graphs.get(st, job)[1]):
         detail = f"job {job.id} holds an attribution graph: ask /graph/logit-paths for its paths"
         raise HTTPException(status.HTTP_409_CONFLICT, detail)
     try:
-        return _json(queries.paths_through(_graph(st, job, all_edges), through, limit=limit))
+        budget = get_settings().max_paths
+        found = queries.paths_through(_graph(st, job, all_edges), through, limit=limit, max_candidates=budget)
+        return _json(found)
     except KeyError as exc:
         detail = f"through: node '{through}' is not in the graph"
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail) from exc
 
 
-@router.get("/subgraph")
+@router.get("/subgraph", responses=GRAPH_FILES)
 def subgraph(
     job: JobDep,
     st: StoreDep,
@@ -179,12 +199,14 @@ def logit_paths(
     edge_threshold: Threshold = None,
 ) -> Response:
     """Attribution graphs: the paths into a logit of the pruned graph that carry the largest share
-    of its credit (products of normalised edge weights)."""
-    pruned = aq.reprune(_attribution(st, job), node_threshold, edge_threshold)
+    of its credit (products of normalised edge weights); the search extends at most
+    ``CIRCUITD_MAX_PATHS`` partial paths (``truncated`` says it stopped there)."""
+    pruned = views.pruned(job.id, _attribution(st, job), node_threshold, edge_threshold)
     if logit is None:
         logit = max(aq.logit_nodes(pruned), key=lambda k: pruned.nodes[k].get("prob") or 0.0)
     try:
-        return _json({"job": job.id, **aq.paths_to_logit(pruned, logit, limit)})
+        found = aq.paths_to_logit(pruned, logit, limit, max_expansions=get_settings().max_paths)
+        return _json({"job": job.id, **found})
     except KeyError as exc:
         detail = f"logit: '{logit}' is not a logit node of the graph ({', '.join(aq.logit_nodes(pruned))})"
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail) from exc
@@ -193,7 +215,9 @@ def logit_paths(
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    nodes: list[str] = Field(min_length=1, description="node ids of the graph to scale, each once")
+    nodes: list[str] = Field(
+        min_length=1, max_length=MAX_VALIDATE_NODES, description="node ids of the graph to scale, each once"
+    )
     scale: float = Field(default=0.0, allow_inf_nan=False, description="their outputs' factor (0: ablate)")
 
 
@@ -210,9 +234,11 @@ def validate(
     nodes under frozen attention; its ``metrics.validation`` holds predicted against actual
     changes of every target logit."""
     full = _attribution(st, job)
-    twice = [n for i, n in enumerate(body.nodes) if n in body.nodes[:i]]
-    if twice:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"nodes: '{twice[0]}' is given twice")
+    seen: set[str] = set()
+    for n in body.nodes:
+        if n in seen:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"nodes: '{n}' is given twice")
+        seen.add(n)
     missing = [n for n in body.nodes if n not in full]
     if missing:
         detail = f"nodes: '{missing[0]}' is not in the graph"

@@ -1,5 +1,10 @@
 """The ``circuitd`` command. Errors a user can act on end as one line and exit status 2.
 
+The command is the machine's own user, so it runs with full access (:mod:`circuitd.access`): any
+local directory, any hub name. The commands that serve others in this process (``api``,
+``worker``) run under the service's rules: the access they run with is inherited by their
+requests and by the worker's forked children.
+
 The subcommands live beside this module: ``analysis`` (in-process circuit discovery and its
 files), ``service`` (run the service and talk to it), ``training`` (zoo models, transcoders).
 """
@@ -10,9 +15,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from circuitd.access import full_access, service_access
 from circuitd.errors import CircuitdError
 
 Command = Callable[[argparse.Namespace], int]
+SERVING = frozenset({"api", "worker"})  # commands that serve clients from this process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with service_access() if args.command in SERVING else full_access():
+            return args.func(args)
     except (CircuitdError, ValueError) as exc:
         print(f"circuitd: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -43,6 +43,20 @@ def _task_arg(value: str):
     return load_task_data(value, None, 0)
 
 
+def _task_params(pairs: list[str]) -> dict[str, str]:
+    """``--task-param NAME=VALUE`` flags as ``task_params``: the values stay text, and the
+    generator's parameter model (through the spec) converts and bounds them."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CircuitdError(f"--task-param: expected NAME=VALUE, got {pair!r}")
+        if name in out:
+            raise CircuitdError(f"--task-param: {name!r} is given twice")
+        out[name] = value
+    return out
+
+
 def _spec_from_args(args: argparse.Namespace, method: str, params: dict[str, Any]) -> JobSpec:
     """The job spec of the command line: the task flags, ``method`` and its ``params``."""
     from pydantic import ValidationError
@@ -50,8 +64,9 @@ def _spec_from_args(args: argparse.Namespace, method: str, params: dict[str, Any
     from circuitd.spec import JobSpec, spec_error_line
 
     fields = dict(
-        model=args.model, task=_task_arg(args.task), n_prompts=args.n_prompts, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, method=method, params=params,
+        model=args.model, task=_task_arg(args.task), task_params=_task_params(args.task_param),
+        n_prompts=args.n_prompts, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        method=method, params=params,
     )
     try:
         return JobSpec(**fields)
@@ -259,6 +274,8 @@ def _add_task_args(p: argparse.ArgumentParser, task_required: bool = True) -> No
     p.add_argument("--model", required=True, help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
     p.add_argument("--task", required=task_required,
                    help="a generator (ioi, greater_than, induction, random) or JSON")
+    p.add_argument("--task-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a generator parameter, e.g. length=12 or templates=ABBA (repeat for more)")
     p.add_argument("--n-prompts", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)

@@ -10,22 +10,101 @@ started by their import strings (Celery's ``-A``, uvicorn's app), so the core de
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import logging
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from circuitd.errors import CircuitdError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WORKER_APP = "workers.app:app"  # the Celery app, for Celery's -A
 TERMINAL = ("succeeded", "failed", "cancelled")
+SECRET_PARAMS = ("password", "passwd", "pass")  # query parameters that carry a password
+log = logging.getLogger("circuitd.service")
+
+
+# --- deployment safety ---------------------------------------------------------------------
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password hidden (``user:***@``, ``password=***``), for anything printed or
+    logged: a store or broker URL from the environment may hold one. Other URLs come back as given."""
+    parts = urlsplit(url)
+    masked = url
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if at and colon and password:
+        masked = masked.replace(parts.netloc, f"{user}:***@{hostport}", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+        hidden = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs]
+        masked = masked.replace("?" + parts.query, "?" + urlencode(hidden, safe="*"), 1)
+    return masked
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a server bound here (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def guard_no_auth(host: str, auth_off_by: str | None, allow_public: bool) -> None:
+    """Serving without API keys is for one's own machine: refused on any other bind unless
+    ``--allow-public-no-auth`` says it is meant, and then announced loudly.
+
+    ``auth_off_by`` names what switched auth off (``--no-auth``, ``CIRCUITD_AUTH_DISABLED=1``), or None.
+    """
+    if auth_off_by is None or is_loopback(host):
+        return
+    if not allow_public:
+        raise CircuitdError(
+            f"{auth_off_by} on the non-loopback --host {host} is refused: anyone who can reach it could "
+            "run jobs and read every result; use --host 127.0.0.1, or add --allow-public-no-auth"
+        )
+    line = (f"WARNING: serving WITHOUT AUTH on {host} ({auth_off_by}, --allow-public-no-auth): "
+            "anyone who can reach this address can run jobs and read every result")
+    print(f"circuitd: {line}", file=sys.stderr, flush=True)
+    if logging.getLogger().hasHandlers() or log.hasHandlers():  # else logging would print it twice
+        log.warning(line)
+
+
+def _auth_off_by(no_auth: bool) -> str | None:
+    """What switched auth off for this command, read after the flags reached the environment."""
+    from circuitd.settings import get_settings
+
+    if no_auth:
+        return "--no-auth"
+    return "CIRCUITD_AUTH_DISABLED=1" if get_settings().auth_disabled else None
+
+
+def secure_data_dir(path: Path) -> Path:
+    """Create the data dir owner-only (0700), or tighten it to that if this user owns it: it holds
+    the store, the broker's messages and the API key. Someone else's is left as it is, with a word."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o700 and info.st_uid == os.getuid():
+        path.chmod(0o700)
+    elif mode & 0o077:
+        print(f"circuitd: warning: data dir {path} (mode {mode:o}) is not this user's and others may "
+              "read it", file=sys.stderr)
+    return path
 
 
 # --- running the service -------------------------------------------------------------------
@@ -66,9 +145,20 @@ def worker_argv(queues: str, name: str, loglevel: str = "INFO", concurrency: int
     ]
 
 
+def _secure_default_data_dir() -> None:
+    """For ``api`` and ``worker``: the data dir when they keep their store there (default SQLite)
+    or it exists already; a PostgreSQL deployment gets no empty directory made for it."""
+    from circuitd.settings import get_settings
+
+    s = get_settings()
+    if s.database_url is None or s.data_dir.is_dir():
+        secure_data_dir(s.data_dir.resolve())
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     _set_env(CIRCUITD_BROKER_URL=args.broker, CIRCUITD_DATABASE_URL=args.database)
     queues = _queues(args.queues)
+    _secure_default_data_dir()
     from celery.bin.celery import celery
 
     # Celery's own command line, in this process (as Celery.worker_main runs it), given the app by name.
@@ -82,6 +172,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         CIRCUITD_BROKER_URL=args.broker, CIRCUITD_DATABASE_URL=args.database,
         CIRCUITD_AUTH_DISABLED="1" if args.no_auth else None,
     )
+    guard_no_auth(args.host, _auth_off_by(args.no_auth), args.allow_public_no_auth)
+    _secure_default_data_dir()
     import uvicorn
 
     uvicorn.run("api.app:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
@@ -97,7 +189,8 @@ def _embedded_broker(data_dir: Path) -> str:
 
 
 def _ensure_key(data_dir: Path, database_url: str) -> None:
-    """First start with auth on: make a key named ``local``, keep it in data_dir/api-key (0600)."""
+    """First start with auth on: make a key named ``local``, keep it in data_dir/api-key (0600) and
+    show it this once; later starts name the file, never the key."""
     from circuitd.store import Store
 
     store = Store(database_url)
@@ -105,10 +198,15 @@ def _ensure_key(data_dir: Path, database_url: str) -> None:
     if store.list_keys():
         if key_file.exists():
             print(f"circuitd up: API key in {key_file}", file=sys.stderr)
+        else:
+            print("circuitd up: the store has API keys already; make one with 'circuitd keys create NAME'",
+                  file=sys.stderr)
         return
     key = store.create_key("local", "local")
-    key_file.touch(mode=0o600)
-    key_file.write_text(key + "\n")
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a file left from another store keeps its mode otherwise
+        f.write(key + "\n")
     print(f"circuitd up: created API key 'local' (saved in {key_file}): {key}", file=sys.stderr)
 
 
@@ -117,18 +215,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from circuitd.settings import get_settings
 
     _set_env(CIRCUITD_DATA_DIR=args.data_dir)
+    auth_off_by = _auth_off_by(args.no_auth)
+    guard_no_auth(args.host, auth_off_by, args.allow_public_no_auth)
     s = get_settings()
-    data_dir = s.data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = secure_data_dir(s.data_dir.expanduser().resolve())
     database_url = s.database_url or f"sqlite:///{data_dir / 'circuitd.db'}"
     broker = args.broker or _embedded_broker(data_dir)
     env = dict(
         os.environ, CIRCUITD_DATA_DIR=str(data_dir), CIRCUITD_DATABASE_URL=database_url,
         CIRCUITD_BROKER_URL=broker,
     )
-    if args.no_auth:
+    if auth_off_by is not None:
         env["CIRCUITD_AUTH_DISABLED"] = "1"
-    elif not s.auth_disabled:
+    else:
         _ensure_key(data_dir, database_url)
     queues = _queues("cpu,gpu")
     py = sys.executable
@@ -137,7 +236,8 @@ def cmd_up(args: argparse.Namespace) -> int:
            "--log-level", args.loglevel.lower()]
     procs = [subprocess.Popen(worker, env=env), subprocess.Popen(api, env=env)]
     print(
-        f"circuitd up: API at http://{args.host}:{args.port} (store {database_url}, broker {broker}); "
+        f"circuitd up: API at http://{args.host}:{args.port} (store {mask_url(database_url)}, "
+        f"broker {mask_url(broker)}); "
         "Ctrl-C stops", file=sys.stderr,
     )
     stopping = False
@@ -202,7 +302,7 @@ class Client:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise CircuitdError(f"--url: cannot reach {self.url}: {exc}") from exc
+            raise CircuitdError(f"--url: cannot reach {mask_url(self.url)}: {exc}") from exc
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)
@@ -303,6 +403,11 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", help="database URL (default: $DATABASE_URL, SQLite in the data dir)")
 
 
+def _public_no_auth_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-public-no-auth", action="store_true",
+                   help="allow auth off (--no-auth, CIRCUITD_AUTH_DISABLED=1) on a non-loopback --host")
+
+
 def add_service_commands(sub: Any) -> None:
     """Register up, api, worker, submit, status, download and keys on ``circuitd``'s subparsers."""
     p = sub.add_parser("up", help="run the API and one worker here (embedded SQLite store and broker)")
@@ -311,6 +416,7 @@ def add_service_commands(sub: Any) -> None:
     p.add_argument("--broker", help="use this broker (e.g. redis://127.0.0.1:6379/0) instead of SQLite")
     p.add_argument("--data-dir", help="where the store, broker and key live (default ~/.circuitd)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (owner 'local')")
+    _public_no_auth_arg(p)
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--grace", type=float, default=30.0, help="seconds a running job gets to finish on stop")
     p.set_defaults(func=cmd_up)
@@ -321,6 +427,7 @@ def add_service_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     p.add_argument("--log-level", default="info")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (owner 'local')")
+    _public_no_auth_arg(p)
     _service_args(p)
     p.set_defaults(func=cmd_api)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from circuitd.limits import at_most
 from circuitd.names import AblationName, MetricName
 from circuitd.progress import Progress, Reports, ShouldStop
-from circuitd.settings import get_settings
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -30,7 +30,9 @@ DEFAULT_TOP_FRACTION = 0.05  # edge methods without top_n or threshold keep this
 
 
 class MethodParams(BaseModel):
-    """Base of every method's parameters: unknown names are errors, not silently ignored."""
+    """Base of every method's parameters: unknown names are errors, not silently ignored. Every
+    number is bounded and finite, every list capped (:mod:`circuitd.limits`): a spec that passes
+    cannot exhaust a worker."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,7 +46,7 @@ class EdgeParams(MethodParams):
 
     metric: MetricName | None = Field(default=None, description="overrides the task's metric")
     ablation: AblationName = Field(default="resample", description="what an ablated edge carries")
-    top_n: int | None = Field(
+    top_n: Annotated[int | None, at_most("max_edges")] = Field(
         default=None, ge=1, description="keep the N edges of largest |score| (default 5%)"
     )
     threshold: float | None = Field(
@@ -64,24 +66,12 @@ class EdgeParams(MethodParams):
             raise ValueError("task: required (a generator name or an inline task)")
 
 
-def capped(value: int | None, limit: int) -> int | None:
-    """``value`` if it is within the settings' ``limit`` (a field validator's check: the error's
-    location names the field)."""
-    if value is not None and value > limit:
-        raise ValueError(f"{value} exceeds the limit of {limit}")
-    return value
-
-
 class IGSteps(BaseModel):
     """Integrated-gradient steps, bounded by ``CIRCUITD_MAX_IG_STEPS``."""
 
-    ig_steps: int = Field(default=5, ge=1, description="interpolation steps of EAP-IG")
-
-    @field_validator("ig_steps")
-    @classmethod
-    def _ig_cap(cls, v: int) -> int:
-        capped(v, get_settings().max_ig_steps)
-        return v
+    ig_steps: Annotated[int, at_most("max_ig_steps")] = Field(
+        default=5, ge=1, description="interpolation steps of EAP-IG"
+    )
 
 
 def finite_list(name: str, values: list[float]) -> list[float]:

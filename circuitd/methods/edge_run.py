@@ -11,21 +11,34 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from circuitd.edge_context import MethodContext, MethodResult
-from circuitd.edges import EdgeGraph
+from circuitd.edges import EdgeGraph, count_edges
 from circuitd.errors import CircuitdError
 from circuitd.evaluate import Evaluator
 from circuitd.jobs import build_task, versions
 from circuitd.methods.contract import DEFAULT_TOP_FRACTION, EdgeParams, Result, RunContext
-from circuitd.models.registry import load_model
+from circuitd.models.registry import load_model, model_shape
 from circuitd.selection import select
 from circuitd.settings import get_settings
 from graphs import build_edge_circuit
 
+if TYPE_CHECKING:
+    from circuitd.models.adapter import ModelShape
+
 P = TypeVar("P", bound=EdgeParams)
 Score = Callable[[MethodContext, P], MethodResult]
+
+
+def check_edge_cap(model_id: str, shape: ModelShape, split_qkv: bool) -> None:
+    """Refuse a model whose edge graph is over ``CIRCUITD_MAX_EDGES`` (counted in closed form from
+    its shape, so before its weights load)."""
+    n, limit = count_edges(shape, split_qkv), get_settings().max_edges
+    if n > limit:
+        raise CircuitdError(
+            f"model: {model_id} has {n} edges (split_qkv={split_qkv}), over CIRCUITD_MAX_EDGES={limit}"
+        )
 
 
 def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
@@ -33,11 +46,9 @@ def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
     selection), evaluate it with the task's metric and build the graph."""
     spec = run.spec
     started = time.perf_counter()
+    check_edge_cap(spec.model, model_shape(spec.model), params.split_qkv)  # from the config: nothing loaded
     model = load_model(spec.model, spec.device, spec.dtype)
     graph = EdgeGraph(model.shape, params.split_qkv)
-    limit = get_settings().max_edges
-    if graph.n_edges > limit:
-        raise CircuitdError(f"model: {graph.n_edges} edges exceed the limit of {limit}")
     task = build_task(spec, model, params.metric)
     ctx = MethodContext(
         model, graph, task, task.metric, params.ablation, spec.batch_size,

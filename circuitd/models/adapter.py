@@ -19,15 +19,32 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from circuitd.errors import ModelError
 from circuitd.models.node_math import NodeMath
 from circuitd.tokenizer import Tokenizer
 
 HookFn = Callable[[torch.Tensor], torch.Tensor | None]
 
 
+DTYPE_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _positive(cfg: dict[str, Any], key: str, default: int | None = None) -> int:
+    """A config's positive integer; TransformerLens writes None or -1 for "derive it"."""
+    value = cfg.get(key)
+    if value is None or value == -1:
+        if default is None:
+            raise ModelError(f"model config: {key}: missing (a positive integer is needed)")
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"model config: {key}: expected a positive integer, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """What the edge graph needs to know about an architecture."""
+    """What the edge graph needs to know about an architecture, and what sizes its weights
+    (known from the config alone, so a model too large is refused before anything loads)."""
 
     n_layers: int
     n_heads: int
@@ -36,18 +53,67 @@ class ModelShape:
     n_ctx: int
     attn_only: bool = False
     parallel_attn_mlp: bool = False
+    d_head: int = 0  # 0: d_model // n_heads
+    d_mlp: int = 0  # 0: no MLPs (attn_only)
+    n_key_value_heads: int = 0  # 0: n_heads (no grouped-query attention)
+    gated_mlp: bool = False
+    d_vocab_out: int = 0  # 0: d_vocab
+    learned_positions: bool = True  # a positional embedding matrix (TL's "standard", "shortformer")
+    n_experts: int = 1
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
+        """From HookedTransformerConfig fields, filling what TransformerLens derives itself;
+        a missing or malformed size is a :class:`ModelError` naming the field."""
+        d_model = _positive(cfg, "d_model")
+        if cfg.get("d_head") in (None, -1):
+            d_head = max(d_model // _positive(cfg, "n_heads"), 1)
+        else:
+            d_head = _positive(cfg, "d_head")
+        n_heads = _positive(cfg, "n_heads", max(d_model // d_head, 1))
+        attn_only = bool(cfg.get("attn_only", False))
+        d_vocab = _positive(cfg, "d_vocab")
         return cls(
-            n_layers=int(cfg["n_layers"]),
-            n_heads=int(cfg["n_heads"]),
-            d_model=int(cfg["d_model"]),
-            d_vocab=int(cfg["d_vocab"]),
-            n_ctx=int(cfg["n_ctx"]),
-            attn_only=bool(cfg.get("attn_only", False)),
+            n_layers=_positive(cfg, "n_layers"),
+            n_heads=n_heads,
+            d_model=d_model,
+            d_vocab=d_vocab,
+            n_ctx=_positive(cfg, "n_ctx"),
+            attn_only=attn_only,
             parallel_attn_mlp=bool(cfg.get("parallel_attn_mlp", False)),
+            d_head=d_head,
+            d_mlp=0 if attn_only else _positive(cfg, "d_mlp", 4 * d_model),
+            n_key_value_heads=_positive(cfg, "n_key_value_heads", n_heads),
+            gated_mlp=bool(cfg.get("gated_mlp", False)),
+            d_vocab_out=_positive(cfg, "d_vocab_out", d_vocab),
+            learned_positions=cfg.get("positional_embedding_type", "standard") in ("standard", "shortformer"),
+            n_experts=_positive(cfg, "num_experts", 1),
         )
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the HookedTransformer (embedding and unembedding untied, as TL holds them)."""
+        d, heads, kv = self.d_model, self.n_heads, self.n_key_value_heads or self.n_heads
+        d_head = self.d_head or d // heads
+        attn = 2 * heads * d * d_head + 2 * kv * d * d_head + (heads + 2 * kv) * d_head + d
+        mlp = 0
+        if self.d_mlp:
+            per_expert = (3 if self.gated_mlp else 2) * d * self.d_mlp + self.d_mlp + d
+            mlp = self.n_experts * per_expert + (d * self.n_experts if self.n_experts > 1 else 0)
+        norms = 2 * d * (1 if self.attn_only else 2)  # at most a gain and a bias per LayerNorm
+        layers = self.n_layers * (attn + mlp + norms)
+        embed = self.d_vocab * d + (self.n_ctx * d if self.learned_positions else 0)
+        unembed = d * (self.d_vocab_out or self.d_vocab) + (self.d_vocab_out or self.d_vocab)
+        return embed + layers + 2 * d + unembed
+
+    def memory_bytes(self, dtype: str, positions: int | None = None) -> tuple[int, int]:
+        """(weights, activations) in bytes at ``dtype``. Activations: one sequence of ``positions``
+        tokens (default and at most ``n_ctx``): residual stream, attention and MLP outputs and
+        logits; a rough floor for a job."""
+        size = DTYPE_BYTES[dtype]
+        n = min(positions or self.n_ctx, self.n_ctx)
+        per_position = self.n_layers * (4 * self.d_model + self.d_mlp) + (self.d_vocab_out or self.d_vocab)
+        return self.n_params * size, n * per_position * size
 
 
 def _enable_edge_hooks(model: Any) -> None:
@@ -124,16 +190,7 @@ class ModelAdapter(NodeMath):
         self.tokenizer = tokenizer
         self._qkv_cache: dict[int, tuple[tuple, torch.Tensor, torch.Tensor]] = {}
         self.model_id = model_id
-        cfg = model.cfg
-        self.shape = ModelShape(
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            d_model=cfg.d_model,
-            d_vocab=cfg.d_vocab,
-            n_ctx=cfg.n_ctx,
-            attn_only=bool(cfg.attn_only),
-            parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
-        )
+        self.shape = ModelShape.from_config(vars(model.cfg))
 
     @property
     def hooked_transformer(self) -> Any:

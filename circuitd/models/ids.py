@@ -5,17 +5,29 @@ Ids: a TransformerLens name (``gpt2-small``), ``zoo:<name>`` (shipped with circu
 ``random:<preset>[@seed]`` (an architecture with seeded random weights) and
 ``local:<dir>`` (``config.json`` with HookedTransformerConfig fields, ``model.safetensors``,
 optional ``tokenizer.json``).
+
+Zoo names and random seeds are parsed strictly (a zoo name is one lowercase path component), so
+no id reaches outside the zoo; which local directories and hub names a caller may use is
+:mod:`circuitd.access`'s rule.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from circuitd.errors import ModelError
+from circuitd.limits import MAX_SEED
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+TL_NAMES_FILE = Path(__file__).parent / "tl_names.txt"
+"""TransformerLens's model names and aliases (``CIRCUITD_HUB_MODELS=*tl``), kept as data so the
+API checks hub names without importing TransformerLens; ``scripts/tl_names.py`` writes it."""
+
+ZOO_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_SEED = re.compile(r"[0-9]{1,10}")
 
 _GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
@@ -64,16 +76,19 @@ def parse_model_id(model_id: str) -> ModelRef:
     if not sep:
         return ModelRef("tl", model_id)
     if kind == "random":
-        preset, _, seed = rest.partition("@")
+        preset, at, seed = rest.partition("@")
         if preset not in RANDOM_PRESETS:
             raise ModelError(
                 f"unknown random preset '{preset}' (choose from {', '.join(RANDOM_PRESETS)})"
             )
-        try:
-            return ModelRef("random", preset, int(seed) if seed else 0)
-        except ValueError as exc:
-            raise ModelError(f"random:{rest}: the seed after '@' must be an integer") from exc
+        if at and not (_SEED.fullmatch(seed) and int(seed) <= MAX_SEED):
+            raise ModelError(f"random:{rest}: the seed after '@' must be an integer from 0 to {MAX_SEED}")
+        return ModelRef("random", preset, int(seed) if at else 0)
     if kind == "zoo":
+        if not ZOO_NAME.fullmatch(rest):
+            raise ModelError(
+                f"zoo:{rest}: a zoo name is lowercase letters, digits, '-' and '_' (at most 64), no paths"
+            )
         if not (ZOO_DIR / rest / "config.json").is_file():
             shipped = sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
             raise ModelError(f"unknown zoo model '{rest}' (shipped: {', '.join(shipped) or 'none'})")

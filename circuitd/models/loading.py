@@ -63,21 +63,48 @@ def _quiet_hub() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
-    """A TransformerLens model by its name (needs the model hub or its local cache)."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+def tl_model_names() -> list[str]:
+    """TransformerLens's official model names and their aliases, sorted, less the models whose
+    loading runs code from the hub (TransformerLens turns ``trust_remote_code`` on for them).
+    ``scripts/tl_names.py`` writes this list to :data:`circuitd.models.ids.TL_NAMES_FILE`."""
+    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS
+    from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    names = set()
+    for official in OFFICIAL_MODEL_NAMES:
+        if not official.startswith(NEED_REMOTE_CODE_MODELS):
+            names.update([official, *MODEL_ALIASES.get(official, [])])
+    return sorted(names)
+
+
+def _official_name(name: str) -> str:
+    """The official name of a TransformerLens model; never a path (TransformerLens would read a
+    directory of that name), never a model that needs remote code."""
+    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS, get_official_model_name
 
     try:
-        get_official_model_name(name)
+        official = get_official_model_name(name)
     except ValueError as exc:
         raise ModelError(
             f"unknown model '{name}': use a TransformerLens name, zoo:<name>, "
             "random:<preset>[@seed] or local:<dir>"
         ) from exc
+    if official.startswith(NEED_REMOTE_CODE_MODELS):
+        raise ModelError(f"model '{name}' needs code from the hub to load, which circuitd never runs")
+    return official
+
+
+def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
+    """A TransformerLens model by its name (needs the model hub or its local cache); no remote code."""
+    from transformer_lens import HookedTransformer
+
+    official = _official_name(name)
     try:
         with _quiet_hub():
-            model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype)  # pyright: ignore[reportArgumentType] -- TL's dtype param is unannotated, inferred str; takes torch.dtype
+            model = HookedTransformer.from_pretrained(
+                official, device=device, trust_remote_code=False,
+                dtype=dtype,  # pyright: ignore[reportArgumentType] -- TL's dtype param is unannotated, inferred str; takes torch.dtype
+            )
     except Exception as exc:  # network, cache and hub errors all end the same way
         reason = _first_line(exc)
         raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {reason}") from exc
@@ -85,12 +112,13 @@ def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
 
 
 def pretrained_config(name: str) -> dict[str, Any]:
-    """The config of a TransformerLens model, without its weights (needs the hub)."""
+    """The config of a TransformerLens model, without its weights (needs the hub, for the config only)."""
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
+    official = _official_name(name)
     try:
         with _quiet_hub():
-            return get_pretrained_model_config(name).to_dict()
+            return get_pretrained_model_config(official, trust_remote_code=False).to_dict()
     except Exception as exc:
         reason = _first_line(exc)
         raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {reason}") from exc

@@ -1,29 +1,68 @@
 """Models by id (:mod:`circuitd.models.ids`): their configs and shapes, and the model cache.
 
-Loaded models are cached by (id, device, dtype) so a worker keeps them between jobs.
+A model is sized from its config before any weights load or download (``CIRCUITD_MAX_MODEL_PARAMS``,
+``CIRCUITD_MAX_MODEL_BYTES``). Loaded models are cached by (id, device, dtype) so a worker keeps
+them between jobs, at most ``CIRCUITD_MODEL_CACHE_SIZE`` of them (least recently used dropped).
 """
 
 from __future__ import annotations
 
 import json
-import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitd.errors import ModelError
+from circuitd.lru import LRU
 from circuitd.models.ids import RANDOM_PRESETS, ModelRef, model_dir, parse_model_id
+from circuitd.settings import get_settings
 
 if TYPE_CHECKING:
     import torch
 
     from circuitd.models.adapter import ModelAdapter, ModelShape
 
+CONFIG_KEYS = frozenset({
+    # sizes
+    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "d_vocab_out",
+    "n_key_value_heads",
+    # blocks
+    "act_fn", "normalization_type", "attn_only", "gated_mlp", "parallel_attn_mlp", "final_rms",
+    "uses_rms_norm", "eps", "post_embedding_ln", "use_normalization_before_and_after",
+    # attention
+    "positional_embedding_type", "rotary_dim", "rotary_base", "rotary_adjacent_pairs", "use_attn_scale",
+    "attn_scale", "scale_attn_by_inverse_layer_idx", "use_local_attn", "window_size", "attn_types",
+    "attention_dir", "use_qk_norm", "attn_scores_soft_cap", "output_logits_soft_cap",
+    # identity and defaults
+    "model_name", "original_architecture", "seed", "default_prepend_bos", "tokenizer_prepends_bos",
+})
+"""The HookedTransformerConfig fields a zoo or local ``config.json`` may hold: the architecture only.
+Never ``tokenizer_name`` or ``trust_remote_code`` (TransformerLens would fetch a tokenizer and run
+its code), checkpoints, devices, or anything else that names files or code."""
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """A zoo or local model's ``config.json``, architecture keys only (:data:`CONFIG_KEYS`)."""
+    path = folder / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not readable JSON ({' '.join(str(exc).split())})") from exc
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected an object of HookedTransformerConfig fields")
+    for key in cfg:
+        if key not in CONFIG_KEYS:
+            raise ModelError(f"{path}: {key}: not an architecture field a model config may set")
+    return cfg
+
+
 def model_config(model_id: str) -> dict[str, Any]:
-    """HookedTransformerConfig fields of a model, without loading its weights."""
+    """HookedTransformerConfig fields of a model, without loading its weights (hub models: the
+    config is fetched, nothing else)."""
     ref = parse_model_id(model_id)
     if ref.kind == "random":
         return dict(RANDOM_PRESETS[ref.name], seed=ref.seed)
     if ref.kind in ("zoo", "local"):
-        return json.loads((model_dir(ref) / "config.json").read_text())
+        return _read_config(model_dir(ref))
     from circuitd.models.loading import pretrained_config
 
     return pretrained_config(ref.name)
@@ -33,6 +72,30 @@ def model_shape(model_id: str) -> ModelShape:
     from circuitd.models.adapter import ModelShape
 
     return ModelShape.from_config(model_config(model_id))
+
+
+def check_model_size(model_id: str, dtype: str, shape: ModelShape | None = None) -> None:
+    """Refuse a model whose config says it is over ``CIRCUITD_MAX_MODEL_PARAMS`` parameters or
+    ``CIRCUITD_MAX_MODEL_BYTES`` (weights at ``dtype`` and one prompt's activations)."""
+    shape = shape or model_shape(model_id)
+    settings = get_settings()
+    n = shape.n_params
+    if n > settings.max_model_params:
+        raise ModelError(
+            f"model: {model_id} has {n:.3g} parameters, "
+            f"over CIRCUITD_MAX_MODEL_PARAMS={settings.max_model_params}"
+        )
+    weights, activations = shape.memory_bytes(dtype, settings.max_tokens)
+    if weights + activations > settings.max_model_bytes:
+        raise ModelError(
+            f"model: {model_id} needs about {_size(weights + activations)} at {dtype} "
+            f"(weights {_size(weights)}, activations {_size(activations)}), "
+            f"over CIRCUITD_MAX_MODEL_BYTES={settings.max_model_bytes}"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _randomise(adapter: ModelAdapter, seed: int) -> None:
@@ -53,13 +116,13 @@ def _randomise(adapter: ModelAdapter, seed: int) -> None:
         p.data.copy_(value.to(p.dtype))
 
 
-def _load(ref: ModelRef, device: str, dtype: torch.dtype) -> ModelAdapter:
+def _load(ref: ModelRef, cfg: dict[str, Any], device: str, dtype: torch.dtype) -> ModelAdapter:
+    """The model's weights, for the config :func:`model_config` read (and the size check passed)."""
     from circuitd.models import loading
 
     if ref.kind == "tl":
         return loading.load_pretrained(ref.name, device, dtype)
     if ref.kind == "random":
-        cfg = dict(RANDOM_PRESETS[ref.name], seed=ref.seed)
         model = loading.build_from_config(cfg, None, None, ref.id, device, dtype)
         _randomise(model, ref.seed)
         return model
@@ -68,32 +131,40 @@ def _load(ref: ModelRef, device: str, dtype: torch.dtype) -> ModelAdapter:
     from circuitd.tokenizer import WordTokenizer
 
     folder = model_dir(ref)
-    cfg = json.loads((folder / "config.json").read_text())
     state = load_file(str(folder / "model.safetensors"))
     tok_path = folder / "tokenizer.json"
     tokenizer = WordTokenizer(tok_path) if tok_path.is_file() else None
     return loading.build_from_config(cfg, state, tokenizer, ref.id, device, dtype)
 
 
-_CACHE: dict[tuple[str, str, str], ModelAdapter] = {}
-_LOCK = threading.Lock()
+_CACHE: LRU[tuple[str, str, str], ModelAdapter] = LRU(
+    lambda: get_settings().model_cache_size, lambda model: str(model.device)
+)
 
 
 def load_model(model_id: str, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
-    """Load (or reuse) a model; unknown or unreachable models raise ModelError in one line."""
+    """Load (or reuse) a model; unknown, unreachable or oversized models raise ModelError in one line."""
     import torch
 
+    from circuitd.models.adapter import DTYPE_BYTES, ModelShape
+
     ref = parse_model_id(model_id)
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ModelError(f"unknown dtype '{dtype}'")
-    key = (ref.id, device, dtype)
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _load(ref, device, torch_dtype)
-        return _CACHE[key]
+    if dtype not in DTYPE_BYTES:
+        raise ModelError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPE_BYTES)})")
+    torch_dtype = getattr(torch, dtype)
+
+    def load() -> ModelAdapter:
+        cfg = model_config(model_id)
+        check_model_size(ref.id, dtype, ModelShape.from_config(cfg))
+        return _load(ref, cfg, device, torch_dtype)
+
+    return _CACHE.get((ref.id, device, dtype), load)
+
+
+def cached_models() -> list[tuple[str, str, str]]:
+    """(id, device, dtype) of the loaded models, least recently used first."""
+    return _CACHE.keys()
 
 
 def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    _CACHE.clear()

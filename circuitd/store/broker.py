@@ -1,7 +1,5 @@
 """Queues and the Celery configuration the API (sender) and the workers (consumers) share."""
 
-import os
-import socket
 from typing import Any
 
 from circuitd.settings import get_settings
@@ -20,7 +18,8 @@ def broker_options(url: str) -> dict[str, Any]:
     if url.startswith(("redis://", "rediss://", "redis+socket://")):
         return {"visibility_timeout": get_settings().visibility_timeout}
     if url.startswith("sqla+sqlite"):
-        return {"connect_args": {"timeout": 30}}  # kombu passes these to SQLAlchemy's create_engine
+        # kombu passes these to SQLAlchemy's create_engine
+        return {"connect_args": {"timeout": get_settings().db_busy_timeout_s}}
     return {}
 
 
@@ -45,7 +44,3 @@ def celery_conf(broker_url: str | None = None) -> dict[str, Any]:
         "task_time_limit": max(s.job_time_limit, s.job_soft_time_limit + 1),
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
     }
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"

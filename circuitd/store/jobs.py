@@ -4,45 +4,61 @@ The database is the source of truth for a job; broker messages only wake a worke
 So every state change is a compare-and-set ``UPDATE ... WHERE`` that names the state it
 expects: two workers that get the same message cannot both run the job, a worker that was
 presumed dead cannot overwrite the result of the one that took over, and a lost message
-is repaired by re-sending the job id (``sweep``). SQLite by default (a file under
-``data_dir``, WAL mode so the API and a worker can share it), PostgreSQL via ``DATABASE_URL``.
+is repaired by re-sending the job id (``take_for_resend``). Liveness (heartbeats, the
+sweeper's ages) is measured on the database's clock, never a host's (``clock``). SQLite by
+default (a file under ``data_dir``, WAL mode so the API and a worker can share it),
+PostgreSQL via ``DATABASE_URL``.
 """
 
 import json
-import os
 import secrets
-import socket
 import threading
 import time
 import uuid
 import zlib
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import event, func, text, update
+from sqlalchemy import delete, event, func, insert, or_, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
+from circuitd.store.clock import DbClock
+from circuitd.store.migrate import add_missing_columns
 from circuitd.store.tables import (
     TERMINAL,
     ApiKey,
+    ErrorCode,
     GraphBlob,
     Job,
     JobStatus,
+    WorkerRow,
     finite,
     hash_key,
     spec_hash,
     utcnow,
 )
+from circuitd.store.workers import holder_is_dead
+
+WORKER_ROW_TTL_S = 86400.0  # a crashed worker's row is kept this long (database time), then pruned
 
 
 class IdempotencyConflict(CircuitdError):
     """The idempotency key was used before with a different spec."""
+
+
+class QuotaExceeded(CircuitdError):
+    """The owner has as many queued and running jobs as it may: no new job was created."""
+
+    def __init__(self, active: int, limit: int):
+        self.active, self.limit = active, limit
+        super().__init__(f"jobs: {active} queued or running, at the limit of {limit} per owner")
 
 
 @dataclass
@@ -55,22 +71,6 @@ class Claim:
 
 def _cancelled() -> dict[str, Any]:
     return {"status": JobStatus.cancelled, "stage": "cancelled", "finished_at": utcnow()}
-
-
-def _holder_is_dead(holder: str | None) -> bool:
-    """True when the holder ran on this host and its process is gone (a killed pool child)."""
-    if not holder:
-        return True
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def default_database_url() -> str:
@@ -88,18 +88,33 @@ def make_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    busy_s = get_settings().db_busy_timeout_s
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_s})
 
     @event.listens_for(engine, "connect")
     def _pragmas(conn: Any, _record: Any) -> None:
         cur = conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     return engine
+
+
+def check_liveness_settings(url: str | None = None) -> None:
+    """On SQLite a write waits up to the busy timeout for a lock: a worker whose heartbeats wait
+    that long must not look lost. Raises a one-line CircuitdError naming the settings."""
+    s = get_settings()
+    if not (url or default_database_url()).startswith("sqlite"):
+        return
+    if s.stale_after_s <= s.db_busy_timeout_s + 2 * s.heartbeat_s:
+        raise CircuitdError(
+            f"CIRCUITD_STALE_AFTER_S ({s.stale_after_s:g} s) must exceed CIRCUITD_DB_BUSY_TIMEOUT_S "
+            f"({s.db_busy_timeout_s:g} s) plus two CIRCUITD_HEARTBEAT_S ({s.heartbeat_s:g} s) on SQLite, "
+            "or a worker waiting for a lock would be taken for lost"
+        )
 
 
 class Store:
@@ -108,6 +123,7 @@ class Store:
     def __init__(self, url: str | None = None, create: bool = True):
         self.url = url or default_database_url()
         self.engine = make_engine(self.url)
+        self.clock = DbClock(self.engine)
         self._last_progress: dict[str, float] = {}
         self._lock = threading.Lock()
         if create:
@@ -117,6 +133,7 @@ class Store:
         for attempt in range(3):  # API and workers may start together: a racing CREATE TABLE fails once
             try:
                 SQLModel.metadata.create_all(self.engine)
+                add_missing_columns(self.engine, SQLModel.metadata)  # a store made by an older version
                 return
             except (IntegrityError, ProgrammingError, OperationalError):
                 if attempt == 2:
@@ -137,12 +154,30 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
+    def db_now(self) -> float:
+        """The database's time (epoch seconds): the clock liveness is measured on."""
+        return self.clock.now()
+
+    def _stale(self, stale_after: float) -> Any:
+        """SQL: the job has no heartbeat younger than ``stale_after`` s of database time."""
+        return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at <= self.clock.sql - stale_after)  # type: ignore[union-attr,operator]  # pyright: ignore[reportOptionalMemberAccess,reportOptionalOperand]
+
     # --- jobs: the API side ---------------------------------------------------------------
 
     def create_job(
-        self, owner: str, spec: dict[str, Any], queue: str, idempotency_key: str | None = None
+        self,
+        owner: str,
+        spec: dict[str, Any],
+        queue: str,
+        idempotency_key: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
-        """The new job, or the one created before with the same idempotency key; ``(job, created)``."""
+        """The new job, or the one created before with the same idempotency key; ``(job, created)``.
+
+        With ``max_active``, the owner's queued and running jobs are counted in the transaction
+        that inserts the job (QuotaExceeded at the limit), so concurrent submissions cannot pass
+        it together. A replay of an idempotent submission is never refused.
+        """
         h = spec_hash(spec)
         if idempotency_key is not None:
             existing = self._by_idempotency_key(owner, idempotency_key)
@@ -154,6 +189,8 @@ class Store:
         )
         try:
             with self.session() as s:
+                if max_active is not None:
+                    self._check_quota(s, owner, max_active)
                 s.add(job)
                 s.commit()
         except IntegrityError:
@@ -162,6 +199,24 @@ class Store:
                 raise
             return self._replay(existing, h), False
         return job, True
+
+    @staticmethod
+    def _check_quota(s: Session, owner: str, max_active: int) -> None:
+        """Count the owner's active jobs under a lock that serializes submissions (SQLite: the
+        database's write lock, taken first; PostgreSQL: an advisory lock on the owner)."""
+        dialect = s.get_bind().dialect.name
+        if dialect == "sqlite":
+            s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        elif dialect == "postgresql":
+            s.exec(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
+        active = int(s.exec(
+            select(func.count()).select_from(Job).where(
+                Job.owner == owner,
+                Job.status.in_([JobStatus.queued, JobStatus.running]),  # type: ignore[attr-defined]
+            )
+        ).one())
+        if active >= max_active:
+            raise QuotaExceeded(active, max_active)
 
     @staticmethod
     def _replay(job: Job, h: str) -> Job:
@@ -173,13 +228,24 @@ class Store:
         with self.session() as s:
             return s.exec(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
 
-    def delete_job(self, job_id: str) -> None:
-        """Undo a job that could not be enqueued, so that a retry may create it again."""
+    def delete_job(self, job_id: str, owner: str | None = None) -> bool:
+        """Remove the job and its graph (another owner's job is left: False, as for none).
+
+        Used to undo a job that could not be enqueued and by ``DELETE /v1/jobs/{id}``. A worker
+        still running the job loses it: its heartbeat finds no row and it stops, and its final
+        compare-and-set write matches nothing.
+        """
         with self.session() as s:
             job = s.get(Job, job_id)
-            if job is not None:
-                s.delete(job)
-                s.commit()
+            if job is None or (owner is not None and job.owner != owner):
+                return False
+            blob = s.get(GraphBlob, job_id)
+            if blob is not None:
+                s.delete(blob)
+                s.flush()  # the graph first: its foreign key names the job
+            s.delete(job)
+            s.commit()
+            return True
 
     def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job; None when it does not exist or belongs to another owner."""
@@ -239,23 +305,23 @@ class Store:
                 return Claim("missing")
             if job.status in TERMINAL:
                 return Claim("done", job)
-            now = time.time()
-            held = job.status == JobStatus.running and job.worker != worker
-            fresh = job.heartbeat_at is not None and now - job.heartbeat_at < stale_after
-            if held and fresh and not _holder_is_dead(job.worker):
-                return Claim("busy", job)
             expected = [Job.status == job.status, Job.attempts == job.attempts]
+            if job.status == JobStatus.running and job.worker != worker and not holder_is_dead(job.worker):
+                if job.heartbeat_at is not None and self.db_now() - job.heartbeat_at < stale_after:
+                    return Claim("busy", job)
+                expected.append(self._stale(stale_after))  # a beat since the read keeps it its holder's
             if job.cancel_requested:
                 self._update(job_id, expected, **_cancelled())
                 continue
             if job.attempts >= s.max_attempts:
                 self._update(
                     job_id, expected, status=JobStatus.failed, finished_at=utcnow(),
+                    error_code=ErrorCode.worker_lost,
                     error=f"gave up after {job.attempts} attempts: the worker was lost each time",
                 )
                 continue
             if self._update(
-                job_id, expected, status=JobStatus.running, worker=worker, heartbeat_at=now,
+                job_id, expected, status=JobStatus.running, worker=worker, heartbeat_at=self.clock.sql,
                 attempts=job.attempts + 1, stage="starting", started_at=job.started_at or utcnow(),
             ):
                 return Claim("run", self.get_job(job_id))
@@ -267,7 +333,7 @@ class Store:
             res = s.exec(
                 update(Job)  # type: ignore[call-overload]
                 .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)  # pyright: ignore[reportArgumentType] -- sqlmodel types column comparisons as bool
-                .values(heartbeat_at=time.time())
+                .values(heartbeat_at=self.clock.sql)
             )
             s.commit()
             if res.rowcount != 1:
@@ -292,32 +358,35 @@ class Store:
     def finish(
         self, job_id: str, worker: str, summary: dict[str, Any], graph: dict[str, Any] | None = None
     ) -> bool:
-        """Store the graph and mark the job succeeded in one transaction, if ``worker`` still holds it."""
+        """Mark the job succeeded and store its graph in one transaction, if ``worker`` still holds
+        it: the compare-and-set comes first, so a job deleted meanwhile gets no orphan graph."""
         with self.session() as s:
-            if graph is not None:
-                self._put_graph(s, job_id, graph)
             res = s.exec(
                 update(Job)  # type: ignore[call-overload]
                 .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running)  # pyright: ignore[reportArgumentType] -- sqlmodel types column comparisons as bool
                 .values(
                     status=JobStatus.succeeded, progress=1.0, stage="done", finished_at=utcnow(),
-                    summary=finite(summary), error=None,
+                    summary=finite(summary), error=None, error_code=None,
                 )
             )
             if res.rowcount != 1:
                 s.rollback()
                 return False
+            if graph is not None:
+                self._put_graph(s, job_id, graph)
             s.commit()
         self._forget(job_id)
         return True
 
-    def fail(self, job_id: str, worker: str | None, error: str) -> bool:
-        """Mark the job failed with a one-line reason (``worker`` None: whoever holds it)."""
+    def fail(self, job_id: str, worker: str | None, error: str, code: str = ErrorCode.internal) -> bool:
+        """Mark the job failed with a one-line reason and its ``ErrorCode`` (``worker`` None: any holder)."""
         where = [Job.status.in_([JobStatus.queued, JobStatus.running])]  # type: ignore[attr-defined]
         if worker is not None:
             where.append(Job.worker == worker)
         self._forget(job_id)
-        return self._update(job_id, where, status=JobStatus.failed, error=error[:4000], finished_at=utcnow())
+        return self._update(
+            job_id, where, status=JobStatus.failed, error=error[:4000], error_code=code, finished_at=utcnow()
+        )
 
     def mark_cancelled(self, job_id: str, worker: str) -> bool:
         self._forget(job_id)
@@ -330,28 +399,36 @@ class Store:
         with self._lock:
             self._last_progress.pop(job_id, None)
 
-    def sweep(self, stale_after: float | None = None, requeue_after: float | None = None) -> list[Job]:
-        """Jobs whose message must be sent again: running on a lost worker, or queued too long.
+    def worker_lost(self, job: Job, stale_after: float | None = None) -> bool:
+        """A running job whose heartbeat is ``stale_after`` old in (estimated) database time: its
+        worker is gone and a sweeper will requeue it. No query on most calls (``DbClock.estimate``)."""
+        if job.status != JobStatus.running:
+            return False
+        stale_after = get_settings().stale_after_s if stale_after is None else stale_after
+        return job.heartbeat_at is None or self.clock.estimate() - job.heartbeat_at >= stale_after
 
-        Each is reset (running -> queued) or re-stamped by a compare-and-set, so when several
-        workers sweep at once only one re-sends a given job.
+    # --- the sweeper: lost workers, lost messages, unserved queues, retention -------------
+
+    def requeue_lost(self, stale_after: float | None = None) -> list[Job]:
+        """Running jobs whose worker is gone (no heartbeat for ``stale_after`` s of database time, or
+        its process is gone), put back in the queue: their messages must be sent again.
+
+        Each reset is a compare-and-set that also asks the heartbeat to be stale still, so a
+        worker that beats in between keeps its job, and of several sweepers only one re-sends it.
         """
-        s = get_settings()
-        stale_after = s.stale_after_s if stale_after is None else stale_after
-        requeue_after = s.requeue_after_s if requeue_after is None else requeue_after
-        now = time.time()
-        out: list[Job] = []
+        stale_after = get_settings().stale_after_s if stale_after is None else stale_after
         with self.session() as sess:
             running = sess.exec(select(Job).where(Job.status == JobStatus.running)).all()
-            cutoff = datetime.fromtimestamp(now - requeue_after, UTC)
-            queued = sess.exec(
-                select(Job).where(Job.status == JobStatus.queued, Job.enqueued_at < cutoff)
-            ).all()
+        now = self.db_now()
+        out: list[Job] = []
         for job in running:
             stale = job.heartbeat_at is None or now - job.heartbeat_at >= stale_after
-            if not (stale or _holder_is_dead(job.worker)):
+            dead = holder_is_dead(job.worker)
+            if not (stale or dead):
                 continue
             cond = [Job.status == JobStatus.running, Job.attempts == job.attempts, Job.worker == job.worker]
+            if not dead:
+                cond.append(self._stale(stale_after))
             if job.cancel_requested:
                 self._update(job.id, cond, **_cancelled())
                 continue
@@ -360,14 +437,136 @@ class Store:
                 why = f"no heartbeat for {now - (job.heartbeat_at or 0.0):.1f} s"
             if self._update(
                 job.id, cond, status=JobStatus.queued, worker=None, enqueued_at=utcnow(),
+                queued_since=self.clock.sql, unserved_since=None,
                 stage=f"requeued: worker {job.worker} was lost ({why})",
             ):
                 out.append(job)
-        for job in queued:
-            if self._update(job.id, [Job.status == JobStatus.queued, Job.enqueued_at == job.enqueued_at],
-                            enqueued_at=utcnow()):
-                out.append(job)
         return out
+
+    def stamp_queued(self, served: Iterable[str]) -> None:
+        """Stamp queued jobs in database time: ``queued_since`` when first seen queued, and
+        ``unserved_since`` while their queue is not in ``served`` (cleared once it is again)."""
+        served = list(served)
+        queued = Job.status == JobStatus.queued
+        with self.session() as s:
+            for stmt in (
+                update(Job).where(queued, Job.queued_since.is_(None)).values(queued_since=self.clock.sql),  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+                update(Job).where(queued, Job.queue.in_(served), Job.unserved_since.is_not(None))  # type: ignore[attr-defined,union-attr]  # pyright: ignore[reportAttributeAccessIssue,reportOptionalMemberAccess]
+                .values(unserved_since=None),
+                update(Job).where(queued, Job.queue.not_in(served), Job.unserved_since.is_(None))  # type: ignore[attr-defined,union-attr]  # pyright: ignore[reportAttributeAccessIssue,reportOptionalMemberAccess]
+                .values(unserved_since=self.clock.sql),
+            ):
+                s.exec(stmt)  # type: ignore[call-overload]
+            s.commit()
+
+    def fail_unserved(self, unserved_after: float | None = None) -> list[Job]:
+        """Fail the queued jobs whose queue has had no live worker for ``unserved_after`` s
+        (``unserved_since``, stamped by ``stamp_queued``); returns them."""
+        unserved_after = get_settings().unserved_after_s if unserved_after is None else unserved_after
+        due = [Job.status == JobStatus.queued, Job.unserved_since <= self.clock.sql - unserved_after]  # type: ignore[operator]  # pyright: ignore[reportOptionalOperand]
+        with self.session() as s:
+            jobs = s.exec(select(Job).where(*due)).all()
+        return [
+            job for job in jobs
+            if self._update(
+                job.id, due, status=JobStatus.failed, finished_at=utcnow(), error_code=ErrorCode.unserved,
+                error=f"no worker serves queue '{job.queue}': none was live for {unserved_after:g} s "
+                "(CIRCUITD_UNSERVED_AFTER_S)",
+            )
+        ]
+
+    def queued_counts(self, exclude: Collection[str] = ()) -> dict[str, int]:
+        """Queued jobs per queue, but those in ``exclude`` (held by a worker): what the broker's
+        queues should hold at least."""
+        with self.session() as s:
+            q = select(Job.queue, func.count()).where(Job.status == JobStatus.queued, Job.id.not_in(exclude))  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+            q = q.group_by(Job.queue)
+            rows = s.exec(q).all()
+        return {q: int(n) for q, n in rows}
+
+    def take_for_resend(
+        self, queue: str, limit: int, requeue_after: float | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
+        """Up to ``limit`` of the queue's jobs queued longest (``requeue_after`` s at least) but those
+        in ``exclude`` (held by a worker), re-stamped to the back of the line; the caller sends their
+        messages again.
+
+        The caller decides how many messages may be lost; taking the oldest and re-stamping them
+        makes repeated rounds reach every queued job, and a compare-and-set on the stamp gives each
+        job to one of several sweepers.
+        """
+        requeue_after = get_settings().requeue_after_s if requeue_after is None else requeue_after
+        if limit <= 0:
+            return []
+        with self.session() as s:
+            jobs = s.exec(
+                select(Job)
+                .where(Job.status == JobStatus.queued, Job.queue == queue, Job.id.not_in(exclude),  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+                       Job.queued_since <= self.clock.sql - requeue_after)  # type: ignore[operator]  # pyright: ignore[reportOptionalOperand]
+                .order_by(Job.queued_since, Job.id)  # type: ignore[arg-type]
+                .limit(limit)
+            ).all()
+        return [
+            job for job in jobs
+            if self._update(job.id, [Job.status == JobStatus.queued, Job.queued_since == job.queued_since],
+                            queued_since=self.clock.sql, enqueued_at=utcnow())
+        ]
+
+    def purge_finished(self, retention_days: float | None = None, batch: int = 500) -> int:
+        """Delete finished jobs, and their graphs, that ended over ``retention_days`` ago (database
+        time; None: the setting, unset keeps everything); returns how many."""
+        days = get_settings().retention_days if retention_days is None else retention_days
+        if days is None:
+            return 0
+        cutoff = datetime.fromtimestamp(self.db_now() - days * 86400.0, UTC)
+        old = [Job.status.in_(TERMINAL), Job.finished_at < cutoff]  # type: ignore[attr-defined,operator]  # pyright: ignore[reportAttributeAccessIssue,reportOptionalOperand]
+        total = 0
+        while True:
+            with self.session() as s:
+                ids = list(s.exec(select(Job.id).where(*old).limit(batch)).all())
+                if not ids:
+                    return total
+                s.exec(delete(GraphBlob).where(GraphBlob.job_id.in_(ids)))  # type: ignore[call-overload,attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+                s.exec(delete(Job).where(Job.id.in_(ids), *old))  # type: ignore[call-overload,attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
+                s.commit()
+            total += len(ids)
+
+    # --- workers --------------------------------------------------------------------------
+
+    def register_worker(self, worker: str, queues: Iterable[str], holding: Iterable[str] = ()) -> None:
+        """Insert or refresh the worker's row: it is alive now (database time), serves ``queues`` and
+        holds the messages of the jobs ``holding``."""
+        values = {
+            "queues": ",".join(sorted(set(queues))), "holding": ",".join(holding), "last_seen": self.clock.sql
+        }
+        with self.session() as s:
+            res = s.exec(update(WorkerRow).where(WorkerRow.id == worker).values(**values))  # type: ignore[call-overload]  # pyright: ignore[reportArgumentType]
+            if res.rowcount == 0:
+                s.exec(insert(WorkerRow).values(id=worker, started_at=self.clock.sql, **values))  # type: ignore[call-overload]
+            s.commit()
+
+    def unregister_worker(self, worker: str) -> None:
+        with self.session() as s:
+            s.exec(delete(WorkerRow).where(WorkerRow.id == worker))  # type: ignore[call-overload]  # pyright: ignore[reportArgumentType]
+            s.commit()
+
+    def live_workers(self, stale_after: float | None = None) -> list[WorkerRow]:
+        """Workers seen within ``stale_after`` s of database time."""
+        stale_after = get_settings().stale_after_s if stale_after is None else stale_after
+        with self.session() as s:
+            q = select(WorkerRow).where(WorkerRow.last_seen > self.clock.sql - stale_after)
+            return list(s.exec(q).all())
+
+    def held_jobs(self, stale_after: float | None = None) -> set[str]:
+        """Ids of the jobs whose messages live workers hold: in flight, whatever the broker counts."""
+        return {j for w in self.live_workers(stale_after) for j in (w.holding or "").split(",") if j}
+
+    def prune_workers(self, older_than: float = WORKER_ROW_TTL_S) -> int:
+        """Forget the rows of workers not seen for ``older_than`` s (crashed: none removed them)."""
+        with self.session() as s:
+            res = s.exec(delete(WorkerRow).where(WorkerRow.last_seen < self.clock.sql - older_than))  # type: ignore[call-overload]  # pyright: ignore[reportArgumentType]
+            s.commit()
+            return int(res.rowcount)
 
     # --- graphs ---------------------------------------------------------------------------
 

@@ -22,6 +22,19 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
+class ErrorCode(StrEnum):
+    """Why a job failed, as a stable code clients can branch on (the message is for people)."""
+
+    invalid_spec = "invalid_spec"  # the spec, or an input it names, is not acceptable
+    model = "model"  # the model (or its transcoders) is unknown, unreachable or refused
+    task = "task"  # the task cannot be built or does not fit the model
+    time_limit = "time_limit"
+    out_of_memory = "out_of_memory"
+    worker_lost = "worker_lost"  # the worker was lost on every attempt
+    unserved = "unserved"  # no live worker serves the job's queue
+    internal = "internal"  # a bug: the worker's log holds the traceback under the job id
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -45,9 +58,14 @@ class Job(SQLModel, table=True):
     enqueued_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    heartbeat_at: float | None = None  # epoch seconds, written by the worker that holds the job
-    worker: str | None = Field(default=None, max_length=200)  # "hostname:pid" of that worker
+    heartbeat_at: float | None = None  # epoch seconds in database time, written by the job's worker
+    worker: str | None = Field(default=None, max_length=200)  # that worker's id (store.workers)
     error: str | None = Field(default=None, sa_column=Column(Text))
+    error_code: str | None = Field(default=None, max_length=32)  # an ErrorCode when failed
+    # Database time a sweeper first saw the job queued (or requeued it), and first saw its queue
+    # without a live worker: the ages the lost-message and unserved-queue rules measure.
+    queued_since: float | None = None
+    unserved_since: float | None = None
     summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     idempotency_key: str | None = Field(default=None, max_length=200)
     cancel_requested: bool = False
@@ -62,6 +80,24 @@ class ApiKey(SQLModel, table=True):
     owner: str = Field(index=True, max_length=128)
     key_hash: str = Field(unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkerRow(SQLModel, table=True):
+    """A live worker's main process: registered at start, refreshed by its sweeper, removed at a
+    clean shutdown. A row whose ``last_seen`` is older than ``stale_after_s`` is a lost worker."""
+
+    __tablename__: ClassVar[str] = "workers"
+
+    id: str = Field(primary_key=True, max_length=200)
+    queues: str = Field(max_length=2000)  # comma-separated queue names
+    started_at: float  # database time
+    last_seen: float = Field(index=True)  # database time
+    # Comma-separated ids of the jobs whose messages it has received and not finished: in flight, not lost.
+    holding: str | None = Field(default=None, sa_column=Column(Text))
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [q for q in self.queues.split(",") if q]
 
 
 class GraphBlob(SQLModel, table=True):

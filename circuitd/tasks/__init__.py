@@ -1,12 +1,12 @@
 """Built-in task generators and task files.
 
-A generator is ``generate(tokenizer, d_vocab, n=..., seed=..., **params) -> TaskData``;
+A generator is ``generate(tokenizer, d_vocab, n=..., seed=..., **params) -> TaskData`` whose
+``params`` are its parameter model's (:class:`~circuitd.tasks.params.GeneratorParams`);
 ``--task`` takes a generator's name or the path of a task JSON file.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,18 +15,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from circuitd.errors import TaskError
+from circuitd.tasks import greater_than, induction, ioi, random
 from circuitd.tasks.base import Task, TaskData, resolve_task
+from circuitd.tasks.params import Generator, GeneratorParams
 from circuitd.tokenizer import Tokenizer
 
-GENERATORS = ("ioi", "greater_than", "induction", "random")
+GENERATORS: dict[str, Generator] = {
+    "ioi": Generator(ioi.IOIParams, ioi.generate),
+    "greater_than": Generator(greater_than.GreaterThanParams, greater_than.generate),
+    "induction": Generator(induction.InductionParams, induction.generate),
+    "random": Generator(random.RandomParams, random.generate),
+}
 
-__all__ = ["GENERATORS", "Task", "TaskData", "generator", "load_task_data", "resolve_task"]
+__all__ = [
+    "GENERATORS", "GeneratorParams", "Task", "TaskData", "generator", "load_task_data", "resolve_task",
+]
 
 
 def generator(name: str) -> Callable[..., TaskData]:
     if name not in GENERATORS:
         raise TaskError("task", f"unknown generator '{name}' (choose from {', '.join(GENERATORS)})")
-    return importlib.import_module(f"circuitd.tasks.{name}").generate
+    return GENERATORS[name].generate
 
 
 def task_data_from_json(obj: Any, where: str = "task") -> TaskData:
@@ -44,7 +53,8 @@ def load_task_data(
     task: str, tokenizer: Tokenizer | None, d_vocab: int, n: int | None = None, seed: int = 0,
     **params: Any,
 ) -> TaskData:
-    """A generator by name, or a task JSON file by path."""
+    """A generator by name (``params`` checked by its model, so ``n`` and ``seed`` cannot hide
+    in them), or a task JSON file by path."""
     path = Path(task)
     if task.endswith(".json") or path.is_file():
         if not path.is_file():
@@ -55,7 +65,6 @@ def load_task_data(
             raise TaskError("task", f"{task} is not valid JSON: {exc}") from exc
         data = task_data_from_json(obj, where=path.name)
         return data.head(n) if n else data
-    kwargs = dict(params, seed=seed)
-    if n:
-        kwargs["n"] = n
-    return generator(task)(tokenizer, d_vocab, **kwargs)
+    generate = generator(task)
+    kwargs = GENERATORS[task].params.of(params).model_dump(exclude_unset=True)
+    return generate(tokenizer, d_vocab, **({"n": n} if n else {}), seed=seed, **kwargs)

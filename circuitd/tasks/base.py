@@ -11,31 +11,137 @@ that encodes to exactly one token, or an id) or a list of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from circuitd.errors import TaskError
+from circuitd.limits import (
+    CHARS_PER_TOKEN,
+    MAX_ANSWER_TOKENS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TOKEN_CHARS,
+    TOKEN_ID_LIMIT,
+    check_entries,
+    env_name,
+    setting_limit,
+)
 from circuitd.names import METRICS
 from circuitd.tokenizer import Tokenizer, single_token
 
-Prompt = str | list[int]
-Answer = str | int | list[str | int]
+
+def _token_id(value: int) -> None:
+    if not 0 <= value < TOKEN_ID_LIMIT:
+        raise PydanticCustomError(
+            "token_id", "token id {value} is outside 0..{top}", {"value": value, "top": TOKEN_ID_LIMIT - 1}
+        )
+
+
+def check_prompt(prompt: str | list[int]) -> str | list[int]:
+    """A prompt within ``CIRCUITD_MAX_TOKENS``: as many ids, or ``CHARS_PER_TOKEN`` times as many
+    characters of text (its tokens are counted when the task is resolved)."""
+    tokens = setting_limit("max_tokens")
+    if isinstance(prompt, str):
+        if len(prompt) > CHARS_PER_TOKEN * tokens:
+            raise PydanticCustomError(
+                "too_long", "{n} characters exceed the limit of {limit} ({per} per token of {env})",
+                {"n": len(prompt), "limit": CHARS_PER_TOKEN * tokens, "per": CHARS_PER_TOKEN,
+                 "env": env_name("max_tokens")},
+            )
+        return prompt
+    check_entries(prompt, tokens, env_name("max_tokens"))
+    for i in prompt:
+        _token_id(i)
+    return prompt
+
+
+def _check_token(token: str | int) -> None:
+    if isinstance(token, str):
+        if len(token) > MAX_TOKEN_CHARS:
+            raise PydanticCustomError(
+                "too_long", "{n} characters exceed the limit of {limit} for one token",
+                {"n": len(token), "limit": MAX_TOKEN_CHARS},
+            )
+    else:
+        _token_id(token)
+
+
+def check_token(token: str | int) -> str | int:
+    """A token given as text (one token's worth of characters) or as an id."""
+    _check_token(token)
+    return token
+
+
+def check_answer(answer: str | int | list[str | int]) -> str | int | list[str | int]:
+    """An answer: a token or at most ``MAX_ANSWER_TOKENS`` of them."""
+    if isinstance(answer, list):
+        check_entries(answer, MAX_ANSWER_TOKENS)
+        for token in answer:
+            _check_token(token)
+    else:
+        _check_token(answer)
+    return answer
+
+
+Prompt = Annotated[str | list[int], AfterValidator(check_prompt)]
+Answer = Annotated[str | int | list[str | int], AfterValidator(check_answer)]
+GENERATED = "generated"
+"""Validation context key of a generator's own output: its size is the ``n`` it was asked for
+(bounded by the spec's n_prompts), not a written task's, so ``CIRCUITD_MAX_PROMPTS`` does not
+apply (the transcoder trainer draws thousands of prompts from the generators)."""
+
+
+def _per_prompt_cap(entries: Any, info: ValidationInfo) -> None:
+    if isinstance(entries, list) and not (info.context or {}).get(GENERATED):
+        check_entries(entries, setting_limit("max_prompts"), env_name("max_prompts"))
+
+
+def _per_prompt(entries: Any, info: ValidationInfo) -> Any:
+    """One entry per prompt: a written task has at most ``CIRCUITD_MAX_PROMPTS``, checked before
+    the entries themselves are."""
+    _per_prompt_cap(entries, info)
+    return entries
+
+
+PerPrompt = BeforeValidator(_per_prompt)
+
+
+def check_positions(position: int | list[int], info: ValidationInfo) -> int | list[int]:
+    """Answer positions that can be inside a prompt of ``CIRCUITD_MAX_TOKENS`` tokens."""
+    tokens = setting_limit("max_tokens")
+    _per_prompt_cap(position, info)
+    for pos in position if isinstance(position, list) else [position]:
+        if not -tokens <= pos < tokens:
+            raise PydanticCustomError(
+                "answer_position", "{pos} is outside -{n}..{top} ({env})",
+                {"pos": pos, "n": tokens, "top": tokens - 1, "env": env_name("max_tokens")},
+            )
+    return position
 
 
 class TaskData(BaseModel):
-    """A task as written: checked without a model (lengths, types, metric)."""
+    """A task as written: checked without a model (lengths, types, metric, limits)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "custom"
-    description: str = ""
-    clean: list[Prompt] = Field(min_length=1)
-    corrupted: list[Prompt] = Field(min_length=1)
-    correct: list[Answer]
-    incorrect: list[Answer]
-    metric: str = "logit_diff"
-    answer_position: int | list[int] = -1
+    name: str = Field(default="custom", max_length=MAX_NAME_CHARS)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
+    clean: Annotated[list[Prompt], PerPrompt] = Field(min_length=1)
+    corrupted: Annotated[list[Prompt], PerPrompt] = Field(min_length=1)
+    correct: Annotated[list[Answer], PerPrompt]
+    incorrect: Annotated[list[Answer], PerPrompt]
+    metric: str = Field(default="logit_diff", max_length=MAX_NAME_CHARS)
+    answer_position: Annotated[int | list[int], AfterValidator(check_positions)] = -1
     prepend_bos: bool = True
 
     @model_validator(mode="after")
@@ -58,6 +164,11 @@ class TaskData(BaseModel):
                     f"corrupted[{i}]: {len(k)} tokens but clean[{i}] has {len(c)}"
                 )
         return self
+
+    @classmethod
+    def generated(cls, **fields: Any) -> TaskData:
+        """A generator's task: checked as a written one, except for its number of prompts."""
+        return cls.model_validate(fields, context={GENERATED: True})
 
     def head(self, n: int) -> TaskData:
         """The first ``n`` prompts."""

@@ -12,14 +12,19 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator
 
 from circuitd.errors import TaskError
+from circuitd.names import MetricName
 from circuitd.tasks.base import TaskData
+from circuitd.tasks.params import GeneratorParams
 from circuitd.tasks.vocab import (
     CENTURIES,
     DURATION_NOUNS,
     TWO_DIGITS,
-    check_metric,
+    Century,
     encodes,
     one_token,
     same_length,
@@ -72,21 +77,29 @@ def _splits_as_pair(tokenizer: Tokenizer, century: str, yy: str) -> bool:
     return len(head) == 1 and len(tail) == 1 and whole == head + tail
 
 
+class GreaterThanParams(GeneratorParams):
+    """greater_than's parameters: its metric (probability difference by default) and centuries."""
+
+    metric: MetricName = Field(default="prob_diff", description="the task's metric")
+    centuries: list[Century] | None = Field(
+        default=None, min_length=1, max_length=len(CENTURIES),
+        description='the start years\' centuries: "17", "16,17" or ["16", "17"] (default all)',
+    )
+
+    @field_validator("centuries", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+
 def generate(
-    tokenizer: Tokenizer | None,
-    d_vocab: int,
-    n: int = 64,
-    seed: int = 0,
-    metric: str = "prob_diff",
-    centuries: str | Sequence[str] | None = None,
+    tokenizer: Tokenizer | None, d_vocab: int, n: int = 64, seed: int = 0, **params: Any
 ) -> TaskData:
-    """``n`` prompt pairs; ``centuries`` (e.g. "17" or ["16", "17"]) limits the start years."""
+    """``n`` prompt pairs; ``params`` are :class:`GreaterThanParams`."""
+    p = GreaterThanParams.of(params)
     if tokenizer is None:
         raise TaskError("task", "greater_than needs a model with a tokenizer")
-    check_metric(metric)
-    cents = [centuries] if isinstance(centuries, str) else list(centuries or CENTURIES)
-    if not cents or any(c not in CENTURIES for c in cents):
-        raise TaskError("centuries", f"choose from {', '.join(CENTURIES)}")
+    cents: list[str] = list(p.centuries or CENTURIES)
     digits = [
         d for d in TWO_DIGITS
         if (tok := one_token(tokenizer, d)) is not None and tok < d_vocab
@@ -121,12 +134,12 @@ def generate(
         raise TaskError(
             "task", f"greater_than: only {len(examples)} of {n} prompt pairs had equal lengths"
         )
-    return TaskData(
+    return TaskData.generated(
         name="greater_than",
         description="year-span completion: endings greater than YY are correct; YY=01 corrupts",
         clean=[e.prompt for e in examples],
         corrupted=[e.corrupted for e in examples],
         correct=[[d for d in TWO_DIGITS if int(d) > e.yy] for e in examples],
         incorrect=[[d for d in TWO_DIGITS if int(d) <= e.yy] for e in examples],
-        metric=metric,
+        metric=p.metric,
     )

@@ -13,11 +13,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from circuitd.errors import TaskError
 from circuitd.tasks.base import TaskData
-from circuitd.tasks.vocab import INDUCTION_WORDS, check_metric, same_length, single_words
+from circuitd.tasks.params import GeneratorParams
+from circuitd.tasks.vocab import INDUCTION_WORDS, same_length, single_words
 from circuitd.tokenizer import Tokenizer
+
+MAX_SEQ_LEN = (len(INDUCTION_WORDS) + 1) // 2  # a prompt pair draws 2 * seq_len - 1 distinct words
 
 
 @dataclass(frozen=True)
@@ -65,25 +71,33 @@ def sample_induction_text(
     return " ".join(seq), " " + " ".join(seq[:repeat]), seq_len
 
 
+class InductionParams(GeneratorParams):
+    """induction's parameters: the sequence's length and how much of it repeats."""
+
+    seq_len: int = Field(default=10, ge=2, le=MAX_SEQ_LEN, description="words of the first copy")
+    prefix_len: int | None = Field(
+        default=None, ge=1, le=MAX_SEQ_LEN - 1, description="words repeated (default half of seq_len)"
+    )
+
+    @field_validator("prefix_len")
+    @classmethod
+    def _shorter(cls, value: int | None, info: ValidationInfo) -> int | None:
+        seq_len = info.data.get("seq_len")
+        if value is not None and seq_len is not None and value >= seq_len:
+            raise ValueError(f"must be in 1..{seq_len - 1}, got {value}")
+        return value
+
+
 def generate(
-    tokenizer: Tokenizer | None,
-    d_vocab: int,
-    n: int = 64,
-    seed: int = 0,
-    metric: str = "logit_diff",
-    seq_len: int = 10,
-    prefix_len: int | None = None,
+    tokenizer: Tokenizer | None, d_vocab: int, n: int = 64, seed: int = 0, **params: Any
 ) -> TaskData:
     """``n`` prompt pairs; the prompt is ``seq_len`` words plus the first ``prefix_len`` again
-    (default half), so every prompt has ``seq_len + prefix_len`` words."""
+    (default half), so every prompt has ``seq_len + prefix_len`` words (:class:`InductionParams`)."""
+    p = InductionParams.of(params)
     if tokenizer is None:
         raise TaskError("task", "induction needs a model with a tokenizer")
-    check_metric(metric)
-    k = seq_len // 2 if prefix_len is None else prefix_len
-    if seq_len < 2:
-        raise TaskError("seq_len", f"must be at least 2, got {seq_len}")
-    if not 1 <= k < seq_len:
-        raise TaskError("prefix_len", f"must be in 1..{seq_len - 1}, got {k}")
+    seq_len = p.seq_len
+    k = seq_len // 2 if p.prefix_len is None else p.prefix_len
     pool = single_words(tokenizer, INDUCTION_WORDS, d_vocab)
     if len(pool) < 2 * seq_len - 1:
         raise TaskError(
@@ -102,7 +116,7 @@ def generate(
         raise TaskError(
             "task", f"induction: only {len(examples)} of {n} prompt pairs had equal lengths"
         )
-    return TaskData(
+    return TaskData.generated(
         name="induction",
         description=f"repeated random words (seq_len={seq_len}, prefix_len={k}); the corrupted "
         "first copy shares only the anchor word",
@@ -110,5 +124,5 @@ def generate(
         corrupted=[e.corrupted for e in examples],
         correct=[f" {e.correct}" for e in examples],
         incorrect=[f" {e.incorrect}" for e in examples],
-        metric=metric,
+        metric=p.metric,
     )

@@ -15,14 +15,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
 
 from circuitd.errors import TaskError
 from circuitd.tasks.base import TaskData
+from circuitd.tasks.params import GeneratorParams
 from circuitd.tasks.vocab import (
     NAMES,
     OBJECTS,
     PLACES,
-    check_metric,
     encodes,
     same_length,
     single_words,
@@ -93,21 +96,22 @@ def _usable_templates(tokenizer: Tokenizer, name: str, place: str, obj: str) -> 
     ]
 
 
+class IOIParams(GeneratorParams):
+    """ioi's parameters: which name orders its prompts use."""
+
+    templates: Literal["ABBA", "BABA", "both"] = Field(
+        default="both", description="ABBA names the answer first, BABA the subject first"
+    )
+
+
 def generate(
-    tokenizer: Tokenizer | None,
-    d_vocab: int,
-    n: int = 64,
-    seed: int = 0,
-    metric: str = "logit_diff",
-    templates: str = "both",
+    tokenizer: Tokenizer | None, d_vocab: int, n: int = 64, seed: int = 0, **params: Any
 ) -> TaskData:
-    """``n`` IOI prompt pairs for ``tokenizer``; ``templates`` is "ABBA", "BABA" or "both"."""
+    """``n`` IOI prompt pairs for ``tokenizer``; ``params`` are :class:`IOIParams`."""
+    p = IOIParams.of(params)
     if tokenizer is None:
         raise TaskError("task", "ioi needs a model with a tokenizer")
-    check_metric(metric)
-    orders = {"ABBA": ("ABBA",), "BABA": ("BABA",), "both": ORDERS}.get(templates)
-    if orders is None:
-        raise TaskError("templates", f"'{templates}' is not one of ABBA, BABA, both")
+    orders = ORDERS if p.templates == "both" else (p.templates,)
     names = single_words(tokenizer, NAMES, d_vocab)
     places = single_words(tokenizer, PLACES, d_vocab)
     objects = single_words(tokenizer, OBJECTS, d_vocab)
@@ -132,12 +136,12 @@ def generate(
             examples.append(ex)
     if len(examples) < n:
         raise TaskError("task", f"ioi: only {len(examples)} of {n} prompt pairs had equal lengths")
-    return TaskData(
+    return TaskData.generated(
         name="ioi",
-        description=f"indirect object identification ({templates}), ABC corruption",
+        description=f"indirect object identification ({p.templates}), ABC corruption",
         clean=[e.prompt for e in examples],
         corrupted=[e.corrupted for e in examples],
         correct=[f" {e.io}" for e in examples],
         incorrect=[f" {e.s}" for e in examples],
-        metric=metric,
+        metric=p.metric,
     )

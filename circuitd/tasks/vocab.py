@@ -8,9 +8,8 @@ token when it follows a space, so the generators also work with GPT-2's tokenize
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
-from circuitd.errors import TaskError
-from circuitd.names import METRICS
 from circuitd.tokenizer import Tokenizer, single_token
 
 # First names that GPT-2 encodes as one token after a space (from the IOI dataset's list).
@@ -36,7 +35,9 @@ DURATION_NOUNS: tuple[str, ...] = (
     "war", "expedition", "drought", "reign", "voyage", "project", "famine", "dynasty",
     "journey", "contract",
 )
-CENTURIES: tuple[str, ...] = ("12", "13", "14", "15", "16", "17", "18")
+# The start years' centuries (a Literal: greater_than's parameter model accepts only these).
+Century = Literal["12", "13", "14", "15", "16", "17", "18"]
+CENTURIES: tuple[str, ...] = get_args(Century)
 
 # Two-digit year endings: each is one token for the zoo tokenizer and for GPT-2.
 TWO_DIGITS: tuple[str, ...] = tuple(f"{i:02d}" for i in range(100))
@@ -95,9 +96,3 @@ def same_length(tokenizer: Tokenizer, clean: str, corrupted: str) -> bool:
     """Whether a clean/corrupted pair encodes to equal lengths, which patching needs."""
     a, b = encodes(tokenizer, clean), encodes(tokenizer, corrupted)
     return a is not None and b is not None and len(a) == len(b)
-
-
-def check_metric(metric: str) -> None:
-    """Reject an unknown metric as a TaskError naming the field, before any sampling."""
-    if metric not in METRICS:
-        raise TaskError("metric", f"'{metric}' is not one of {', '.join(METRICS)}")

@@ -193,19 +193,30 @@ def load(
     return tset.to(device=device, dtype=dtype)
 
 
+def _inside(root: Path, name: str, config_path: Path, field: str) -> Path:
+    """``root / name`` for a bare file name whose real path (symlinks resolved) stays in ``root``:
+    a config names files of its own set, never others."""
+    if "://" in name:
+        raise TranscoderError(f"{config_path}: {field}: {name!r} is remote; download it next to config.yaml")
+    bare = name not in ("", ".", "..") and "/" not in name and "\\" not in name and ":" not in name
+    if not bare or not (root / name).resolve().is_relative_to(root.resolve()):
+        raise TranscoderError(
+            f"{config_path}: {field}: {name!r} is not a file name inside the set's directory"
+        )
+    return root / name
+
+
 def _load_layers(root: Path, config: dict[str, Any], config_path: Path) -> list[Transcoder]:
-    names = config.get("files", config.get("transcoders"))
+    field = "files" if "files" in config else "transcoders"
+    names = config.get(field)
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise TranscoderError(f"{config_path}: files: expected a non-empty list of file names, got {names!r}")
+        raise TranscoderError(
+            f"{config_path}: {field}: expected a non-empty list of file names, got {names!r}"
+        )
     n_layers = _config_int(config, "n_layers", config_path)
     if n_layers is not None and n_layers != len(names):
-        raise TranscoderError(f"{config_path}: n_layers is {n_layers} but files lists {len(names)}")
-    for name in names:
-        if "://" in name:
-            raise TranscoderError(
-                f"{config_path}: files: {name!r} is remote; download it next to config.yaml"
-            )
-    paths = [root / name for name in names]
+        raise TranscoderError(f"{config_path}: n_layers is {n_layers} but {field} lists {len(names)}")
+    paths = [_inside(root, name, config_path, field) for name in names]
     first = _read_tensors(paths[0])
     d_tc, d_model = _encoder_dims(first, paths[0], "W_enc", config, config_path)
     activation, k = _activation(config, THRESHOLD_KEY in first, d_tc, config_path)
@@ -252,8 +263,9 @@ def _load_clt(root: Path, config: dict[str, Any], config_path: Path) -> CrossLay
             n_layers += 1
         if n_layers == 0:
             raise TranscoderError(f"{root / 'W_enc_0.safetensors'}: missing file")
-    enc_paths = [root / f"W_enc_{i}.safetensors" for i in range(n_layers)]
-    dec_paths = [root / f"W_dec_{i}.safetensors" for i in range(n_layers)]
+    field = "cross-layer files"
+    enc_paths = [_inside(root, f"W_enc_{i}.safetensors", config_path, field) for i in range(n_layers)]
+    dec_paths = [_inside(root, f"W_dec_{i}.safetensors", config_path, field) for i in range(n_layers)]
     first = _read_tensors(enc_paths[0])
     d_tc, d_model = _encoder_dims(first, enc_paths[0], "W_enc_0", config, config_path)
     activation, k = _activation(config, "threshold_0" in first, d_tc, config_path)

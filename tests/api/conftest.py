@@ -6,19 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.service import Api, Service, ensure_redis
+from tests.support.service import Api, Service, deployment, ensure_redis
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     ensure_redis()
-    svc = Service(tmp_path_factory.mktemp("api-service"))
-    worker = svc.start_worker("w1", wait=False)
-    svc.url = svc.start_api()
-    svc.keys = {name: svc.create_key(name) for name in ("alice", "bob")}
-    svc.wait_ready(worker, "w1")
-    yield svc
-    svc.stop()
+    with deployment(tmp_path_factory.mktemp("api-service"), keys=("alice", "bob")) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="session")

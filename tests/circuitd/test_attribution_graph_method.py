@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from circuitd.access import full_access
 from circuitd.discover import discover
 from circuitd.errors import CircuitdError
 from circuitd.spec import JobSpec
@@ -19,6 +20,13 @@ from graphs.attribution_queries import logit_nodes, paths_to_logit, reprune, top
 from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
 
 PROMPT = [1, 5, 9, 33, 2, 7]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_user():
+    """These jobs read a transcoder directory outside any model root: the machine's own user's jobs."""
+    with full_access():
+        yield
 
 
 @pytest.fixture(scope="module")

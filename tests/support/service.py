@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class Service:
             CIRCUITD_DATA_DIR=str(self.root), CIRCUITD_DATABASE_URL=self.database_url,
             CIRCUITD_BROKER_URL=self.broker, CIRCUITD_QUEUE_PREFIX=self.prefix,
             CIRCUITD_HEARTBEAT_S="0.3", CIRCUITD_STALE_AFTER_S="2", CIRCUITD_SWEEP_INTERVAL_S="1",
+            CIRCUITD_DB_BUSY_TIMEOUT_S="1",  # below stale_after less two heartbeats, as workers demand
             CIRCUITD_PROGRESS_INTERVAL_S="0.1", CIRCUITD_WORKER_TORCH_THREADS="1",
             OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
         )
@@ -191,6 +193,24 @@ class Service:
             if isinstance(routing_key, str) and routing_key.startswith(self.prefix):
                 r.hdel("unacked", tag)
                 r.zrem("unacked_index", tag)
+
+
+@contextmanager
+def deployment(
+    root: Path, keys: tuple[str, ...] = (), no_auth: bool = False, broker: str = REDIS_URL,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Service]:
+    """One worker and the API, with a key per name in ``keys``; stopped afterwards, also when
+    the start fails half-way, so no process outlives its test."""
+    svc = Service(root, broker=broker, extra_env=extra_env or {})
+    try:
+        worker = svc.start_worker("w1", wait=False)
+        svc.url = svc.start_api(no_auth=no_auth)
+        svc.keys = {name: svc.create_key(name) for name in keys}
+        svc.wait_ready(worker, "w1")
+        yield svc
+    finally:
+        svc.stop()
 
 
 class Api:

@@ -75,7 +75,7 @@ def test_sigkill_worker_mid_job_then_restarted_worker_finishes_it(tmp_path: Path
         again = api.submit(long_spec(32)).json()["id"]
         _running(api, again)
         holder = svc.store().get_job(again).worker
-        os.kill(int(holder.rsplit(":", 1)[1]), signal.SIGKILL)
+        os.kill(int(holder.split(":")[1]), signal.SIGKILL)  # hostname:pid:namespace.random
         done = api.wait(again, timeout=240)
         assert done["status"] == "succeeded" and done["attempts"] == 2, svc.log("w2.log")[-3000:]
         assert _attempt_lines(svc, again) == 2 and w2.poll() is None

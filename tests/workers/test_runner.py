@@ -12,7 +12,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from circuitd.progress import Cancelled
 from circuitd.store import Store
 from tests.support.service import TINY
-from workers.runner import execute, is_out_of_memory
+from workers.errors import is_out_of_memory
+from workers.runner import execute
 
 
 @pytest.fixture
@@ -61,27 +62,36 @@ def test_out_of_memory_fails_the_job_not_the_worker(store: Store, exc: BaseExcep
     assert execute(job_id, store, worker="w", discover=_raising(exc)) == "failed"
     job = store.get_job(job_id)
     assert job.status == "failed" and job.error.startswith("out of memory on cpu")
+    assert job.error_code == "out_of_memory"
     nxt = _job(store)  # the same process goes on to the next job
     assert execute(nxt, store, worker="w") == "succeeded"
 
 
-def test_soft_time_limit_user_error_and_internal_error(store: Store) -> None:
+def test_soft_time_limit_user_error_and_internal_error(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     a = _job(store)
     execute(a, store, worker="w", discover=_raising(SoftTimeLimitExceeded()),
             soft_limit_errors=(SoftTimeLimitExceeded,), soft_limit_s=5)
     assert store.get_job(a).error == "time limit: the job ran longer than 5 s (CIRCUITD_JOB_SOFT_TIME_LIMIT)"
+    assert store.get_job(a).error_code == "time_limit"
 
     b = _job(store, TINY | {"model": "local:/nonexistent/model"})
     assert execute(b, store, worker="w") == "failed"
     assert store.get_job(b).error.startswith("model") and "internal" not in store.get_job(b).error
+    assert store.get_job(b).error_code in ("model", "invalid_spec")
 
     c = _job(store)
-    assert execute(c, store, worker="w", discover=_raising(KeyError("boom"))) == "failed"
-    assert store.get_job(c).error == "internal error: KeyError: 'boom'"
+    with caplog.at_level("ERROR", logger="circuitd.worker"):
+        assert execute(c, store, worker="w", discover=_raising(KeyError("boom"))) == "failed"
+    failed = store.get_job(c)
+    assert failed.error == f"internal error (logged with job {c})" and failed.error_code == "internal"
+    logged = [r for r in caplog.records if c in r.getMessage()]  # the traceback, under the job's id
+    assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is KeyError
 
     d = _job(store, {"model": "random:tiny", "task": "random", "n_prompts": 0})  # limits changed since
     assert execute(d, store, worker="w") == "failed"
-    assert store.get_job(d).error.startswith("n_prompts")
+    assert store.get_job(d).error.startswith("n_prompts") and store.get_job(d).error_code == "invalid_spec"
 
 
 def _slow(seconds: float):
@@ -192,5 +202,79 @@ def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch
         assert job.status == "failed"
         assert job.error == "time limit: killed after 7 s (CIRCUITD_JOB_TIME_LIMIT)"
         assert store.claim(job_id, "h:2").action == "done"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_user_errors_show_no_server_paths_but_model_root_paths(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from circuitd.errors import ModelError, TaskError
+    from circuitd.settings import get_settings
+
+    monkeypatch.setenv("CIRCUITD_MODEL_ROOTS", "/srv/models, /data/shared")
+    get_settings.cache_clear()
+    try:
+        cases = [
+            (ValueError("cannot read /opt/circuitd/cache/x/weights.bin."), "cannot read weights.bin.",
+             "invalid_spec"),
+            (ModelError("model: no config.json in /srv/models/gpt/v1 (see https://hf.co/org/name)"),
+             "model: no config.json in /srv/models/gpt/v1 (see https://hf.co/org/name)", "model"),
+            (TaskError("task", "file '/home/ops/secret/prompts.txt' is empty"),
+             "task: file 'prompts.txt' is empty", "task"),
+            (ModelError("model: local:/srv/models/../../etc/passwd is outside the roots"),
+             "model: local:passwd is outside the roots", "model"),
+        ]
+        for exc, message, code in cases:
+            job_id = _job(store)
+            assert execute(job_id, store, worker="w", discover=_raising(exc)) == "failed"
+            job = store.get_job(job_id)
+            assert (job.error, job.error_code) == (message, code)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_job_runs_under_the_service_rules(store: Store) -> None:
+    from circuitd.access import full_access, has_full_access
+
+    seen: list[bool] = []
+
+    def discover(spec: Any, progress: Any = None, should_stop: Any = None) -> Any:
+        seen.append(has_full_access())
+        raise ValueError("stop here")
+
+    with full_access():  # even a caller with full access runs a job from the API under the service's rules
+        execute(_job(store), store, worker="w", discover=discover)
+    assert seen == [False]
+
+
+def test_a_result_outlives_a_short_database_outage(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database is locked by another process's transaction when the result is written: the
+    runner waits it out (within stale_after) rather than dropping a finished job's graph."""
+    import sqlite3
+    import threading
+
+    from circuitd.discover import discover as real_discover
+    from circuitd.settings import get_settings
+
+    monkeypatch.setenv("CIRCUITD_DB_BUSY_TIMEOUT_S", "0.2")
+    get_settings.cache_clear()
+    path = tmp_path / "store.db"
+    try:
+        store = Store(f"sqlite:///{path}")
+        job_id = _job(store)
+        locked: list[float] = []
+
+        def discover_then_lock(spec: Any, progress: Any = None, should_stop: Any = None) -> Any:
+            result = real_discover(spec, progress=progress, should_stop=should_stop)
+            other = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")
+            locked.append(time.monotonic())
+            threading.Timer(1.5, lambda: (other.execute("ROLLBACK"), other.close())).start()
+            return result
+
+        assert execute(job_id, store, worker="w", discover=discover_then_lock) == "succeeded"
+        assert time.monotonic() - locked[0] >= 1.4  # it did wait for the lock
+        assert store.get_job(job_id).status == "succeeded" and len(store.load_graph(job_id)["links"]) == 110
     finally:
         get_settings.cache_clear()

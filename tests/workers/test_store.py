@@ -3,52 +3,15 @@ job from being lost or run twice, so they are pinned here on both databases."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from circuitd.errors import CircuitdError
-from circuitd.store import IdempotencyConflict, Store
+from circuitd.store import IdempotencyConflict, Store, worker_id
 
-PG_ADMIN = os.environ.get("CIRCUITD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SPEC = {"model": "random:tiny", "task": "random"}
-
-
-def _postgres_url() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN.replace("postgresql+psycopg", "postgresql"), autocommit=True,
-                                connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL does not answer at {PG_ADMIN}: {exc}")
-    name = f"circuitd_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        st = Store(f"sqlite:///{tmp_path / 'store.db'}")
-        yield st
-        st.engine.dispose()
-        return
-    gen = _postgres_url()
-    url = next(gen)
-    st = Store(url)
-    try:
-        yield st
-    finally:
-        st.engine.dispose()
-        next(gen, None)
 
 
 def test_create_get_list_and_owner_isolation(store: Store) -> None:
@@ -149,27 +112,33 @@ def test_stale_holder_is_taken_over_and_cannot_write_after(store: Store) -> None
 
 
 def test_holder_that_was_a_dead_local_process_is_taken_over_at_once(store: Store) -> None:
-    import socket
     import subprocess
 
     gone = subprocess.Popen(["true"])
     gone.wait()
+    host, _, rest = worker_id().split(":")
     job, _ = store.create_job("alice", SPEC, "cpu")
-    store.claim(job.id, f"{socket.gethostname()}:{gone.pid}")
+    store.claim(job.id, f"{host}:{gone.pid}:{rest}")
     assert store.claim(job.id, "w2", stale_after=3600).action == "run"
+    # The same host name and pid in another container (another pid namespace) is not ours to check.
+    other, _ = store.create_job("alice", SPEC, "cpu")
+    store.claim(other.id, f"{host}:{gone.pid}:0000beef.{rest.split('.')[1]}")
+    assert store.claim(other.id, "w2", stale_after=3600).action == "busy"
 
 
-def test_sweep_requeues_lost_jobs_once_and_resends_old_queued(store: Store) -> None:
+def test_requeue_lost_resets_each_lost_job_once(store: Store) -> None:
     lost, _ = store.create_job("alice", SPEC, "cpu")
     store.claim(lost.id, "gone-host:1")
-    fresh, _ = store.create_job("alice", SPEC, "gpu")
-    time.sleep(0.05)
-    assert store.sweep(stale_after=60, requeue_after=3600) == []
-    swept = store.sweep(stale_after=0.01, requeue_after=0.01)
-    assert {j.id for j in swept} == {lost.id, fresh.id}
-    assert store.get_job(lost.id).status == "queued" and store.get_job(lost.id).worker is None
-    assert "lost" in store.get_job(lost.id).stage
-    assert store.sweep(stale_after=0.01, requeue_after=3600) == []  # each lost job is re-sent once
+    live, _ = store.create_job("alice", SPEC, "cpu")
+    store.claim(live.id, "live-host:2")
+    assert store.requeue_lost(stale_after=60) == []
+    store._update(lost.id, [], heartbeat_at=store.db_now() - 61)  # its last beat, a minute ago
+    swept = store.requeue_lost(stale_after=60)
+    assert [j.id for j in swept] == [lost.id]
+    job = store.get_job(lost.id)
+    assert job.status == "queued" and job.worker is None and "no heartbeat for 61" in job.stage
+    assert job.queued_since == pytest.approx(store.db_now(), abs=5)
+    assert store.requeue_lost(stale_after=60) == []  # each lost job is re-sent once
     assert store.claim(lost.id, "w2").action == "run" and store.get_job(lost.id).attempts == 2
 
 
@@ -185,6 +154,7 @@ def test_a_job_that_keeps_losing_its_worker_fails(store: Store, monkeypatch: pyt
         assert store.claim(job.id, "h:3", stale_after=0).action == "done"
         failed = store.get_job(job.id)
         assert failed.status == "failed" and "gave up after 2 attempts" in failed.error
+        assert failed.error_code == "worker_lost"
     finally:
         get_settings.cache_clear()
 
@@ -208,8 +178,8 @@ def test_cancel_queued_running_and_finished(store: Store) -> None:
 def test_fail_and_graph_blob_round_trip(store: Store) -> None:
     job, _ = store.create_job("alice", SPEC, "cpu")
     store.claim(job.id, "w")
-    assert store.fail(job.id, "w", "model: nope")
-    assert store.get_job(job.id).error == "model: nope"
+    assert store.fail(job.id, "w", "model: nope", "model")
+    assert (store.get_job(job.id).error, store.get_job(job.id).error_code) == ("model: nope", "model")
     graph = {"directed": True, "links": [{"source": "input", "target": "logits", "score": 0.5}] * 500}
     store.save_graph(job.id, graph)
     assert store.load_graph(job.id) == graph
@@ -225,3 +195,13 @@ def test_api_keys_are_hashed_and_revocable(store: Store) -> None:
         store.create_key("ci")
     assert store.revoke_key("ci") and store.owner_for_key(key) is None
     assert not store.revoke_key("ci")
+
+
+def test_finishing_a_job_deleted_while_it_ran_stores_nothing(store: Store) -> None:
+    """The owner deleted the job mid-run: the worker's final write is refused cleanly, no orphan graph."""
+    job, _ = store.create_job("alice", SPEC, "cpu")
+    claim = store.claim(job.id, "w1")
+    assert claim.action == "run"
+    assert store.delete_job(job.id, "alice")
+    assert store.finish(job.id, "w1", {"n_edges": 3}, {"links": [1, 2, 3]}) is False
+    assert store.get_job(job.id) is None and store.load_graph(job.id) is None

@@ -58,10 +58,11 @@ submodules compute: ``order``, ``reference``, ``fast`` (with ``planner``, ``budg
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from circuitd.limits import MAX_TAUS, at_most
 from circuitd.methods.contract import EdgeMethod, EdgeParams, IGSteps, finite_list
 from circuitd.names import MetricName
 
@@ -70,14 +71,14 @@ class ACDCParams(EdgeParams, IGSteps):
     """ACDC's thresholds, test metric and prefilter; ``ig_steps`` is the EAP-IG prefilter's."""
 
     tau: list[float] = Field(
-        default_factory=lambda: [0.01], min_length=1,
+        default_factory=lambda: [0.01], min_length=1, max_length=MAX_TAUS,
         description="remove an edge when the metric rises by less than tau; several: a sweep in one run",
     )
     abs_diff: bool = Field(
         default=False, description="compare |metric change| with tau", json_schema_extra={"cli_flag": "--abs"}
     )
     acdc_metric: MetricName = Field(default="kl", description="the metric ACDC's tests use")
-    prefilter_top_n: int | None = Field(
+    prefilter_top_n: Annotated[int | None, at_most("max_edges")] = Field(
         default=None, ge=1, description="test only the top N edges by EAP score"
     )
     prefilter_threshold: float | None = Field(
