@@ -49,6 +49,13 @@ from circuitd.store.workers import holder_is_dead
 WORKER_ROW_TTL_S = 86400.0  # a crashed worker's row is kept this long (database time), then pruned
 
 
+# Plain SQL, compiled once: the quota is counted on every submission (ix_jobs_owner_status serves it).
+_COUNT_ACTIVE = text(
+    "SELECT count(*) FROM jobs WHERE owner = :owner"
+    f" AND status IN ('{JobStatus.queued}', '{JobStatus.running}')"
+)
+
+
 class IdempotencyConflict(CircuitdError):
     """The idempotency key was used before with a different spec."""
 
@@ -209,12 +216,7 @@ class Store:
             s.connection().exec_driver_sql("BEGIN IMMEDIATE")
         elif dialect == "postgresql":
             s.exec(select(func.pg_advisory_xact_lock(func.hashtext(owner))))
-        active = int(s.exec(
-            select(func.count()).select_from(Job).where(
-                Job.owner == owner,
-                Job.status.in_([JobStatus.queued, JobStatus.running]),  # type: ignore[attr-defined]
-            )
-        ).one())
+        active = int(s.connection().execute(_COUNT_ACTIVE, {"owner": owner}).scalar_one())
         if active >= max_active:
             raise QuotaExceeded(active, max_active)
 

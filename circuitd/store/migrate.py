@@ -1,4 +1,4 @@
-"""Bring an existing database up to the tables' columns, so an upgrade keeps its jobs and keys.
+"""Bring an existing database up to the tables' columns and indexes, so an upgrade keeps its jobs and keys.
 
 ``create_all`` makes missing tables but never touches an existing one. New columns are
 nullable, so adding them is one ``ALTER TABLE ... ADD COLUMN`` each; a missing column that
@@ -35,4 +35,9 @@ def add_missing_columns(engine: Engine, metadata: MetaData) -> list[str]:
                 ddl = f"ALTER TABLE {prep.format_table(table)} ADD COLUMN {prep.quote(col.name)} {kind}"
                 conn.execute(text(ddl))
                 added.append(f"{table.name}.{col.name}")
+            indexes = {ix["name"] for ix in insp.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexes:
+                    index.create(conn)
+                    added.append(f"{table.name}.{index.name}")
     return added

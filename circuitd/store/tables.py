@@ -44,6 +44,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_owner_status", "owner", "status"),  # the quota counts an owner's active jobs
     )
 
     id: str = Field(primary_key=True, max_length=32)

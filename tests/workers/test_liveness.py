@@ -197,11 +197,14 @@ def test_an_older_sqlite_store_gets_the_new_columns_and_keeps_its_jobs(tmp_path)
         for col in ("error_code", "queued_since", "unserved_since"):
             db.execute(f"ALTER TABLE jobs DROP COLUMN {col}")
         db.execute("DROP TABLE workers")
+        db.execute("DROP INDEX ix_jobs_owner_status")
     with sqlite3.connect(path) as db:
         assert "error_code" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
 
     again = Store(f"sqlite:///{path}")
     assert again.get_job(job.id).status == "queued" and again.get_job(job.id).error_code is None
+    with sqlite3.connect(path) as db:  # the quota's index is back too
+        assert "ix_jobs_owner_status" in {r[1] for r in db.execute("PRAGMA index_list(jobs)")}
     again.claim(job.id, "w")
     assert again.fail(job.id, "w", "model: nope", "model")
     assert again.get_job(job.id).error_code == "model"
