@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from pydantic import BaseModel
 
@@ -18,6 +18,16 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _brief(spec: dict[str, Any]) -> dict[str, Any]:
+    task: Any = spec.get("task")
+    if not isinstance(task, dict):
+        return spec
+    inline = cast("dict[str, Any]", task)
+    clean: Any = inline.get("clean")
+    n = len(cast("list[Any]", clean)) if isinstance(clean, list) else None
+    return {**spec, "task": {"name": inline.get("name", "custom"), "n_prompts": n}}
 
 
 class JobOut(BaseModel):
@@ -39,15 +49,17 @@ class JobOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job, worker_lost: bool = False) -> JobOut:
-        """``worker_lost``: from ``Store.worker_lost`` (the store knows the database's clock)."""
+    def of(cls, job: Job, worker_lost: bool = False, brief: bool = False) -> JobOut:
+        """``worker_lost``: from ``Store.worker_lost`` (the store knows the database's clock).
+        ``brief`` (listings): an inline task shows as its name and size, so a page of jobs stays
+        small however large their tasks; ``GET /v1/jobs/{id}`` has the whole spec."""
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id, status=JobStatus(job.status), progress=job.progress, stage=job.stage, queue=job.queue,
             created_at=_utc(job.created_at), started_at=_utc(job.started_at),
             finished_at=_utc(job.finished_at), error=job.error, error_code=job.error_code,
             worker_lost=worker_lost, metrics=job.summary, attempts=job.attempts,
-            cancel_requested=job.cancel_requested, spec=job.spec,
+            cancel_requested=job.cancel_requested, spec=_brief(job.spec) if brief else job.spec,
             links={"self": base, "graph": f"{base}/graph", "cancel": f"{base}/cancel"},
         )
 

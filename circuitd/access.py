@@ -63,6 +63,14 @@ def is_hub_repo(source: str) -> bool:
     return bool(HUB_REPO.fullmatch(source)) and ".." not in source
 
 
+def _is_dir(path: str) -> bool:
+    """``Path.is_dir`` that answers False where the name cannot even be looked up (too long, unreadable)."""
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return False
+
+
 def model_roots() -> list[Path]:
     """The directories of ``CIRCUITD_MODEL_ROOTS``, as real paths (symlinks resolved)."""
     return [Path(os.path.realpath(Path(r).expanduser())) for r in _entries(get_settings().model_roots)]
@@ -76,7 +84,7 @@ def _under_roots(path: str, what: str, error: type[CircuitdError] = CircuitdErro
         raise error(f"{what}: local files are not allowed here (CIRCUITD_MODEL_ROOTS is empty)")
     real = Path(os.path.realpath(Path(path).expanduser()))
     if not any(real.is_relative_to(root) for root in roots):
-        raise error(f"{what}: {real} is outside CIRCUITD_MODEL_ROOTS ({', '.join(map(str, roots))})")
+        raise error(f"{what}: not inside a directory that CIRCUITD_MODEL_ROOTS allows")  # no server paths
 
 
 @lru_cache
@@ -122,7 +130,7 @@ def check_transcoders(source: str | None) -> None:
     """
     if source is None or has_full_access():
         return
-    if is_hub_repo(source) and not Path(source).is_dir():
+    if is_hub_repo(source) and not _is_dir(source):
         if source not in _entries(get_settings().hub_transcoders):
             raise CircuitdError(
                 f"hub repo '{source}' is not an allowed transcoder source "

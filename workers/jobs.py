@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from circuitd.errors import CircuitdError
 from circuitd.settings import get_settings
-from circuitd.store import TASK_NAME, ErrorCode, check_liveness_settings, get_store, worker_id
+from circuitd.store import TASK_NAME, ErrorCode, check_liveness_settings, get_store, holder_is_dead, worker_id
 from workers.app import app
 from workers.runner import execute
 from workers.sweeper import Sweeper
@@ -44,9 +44,12 @@ def fail_on_hard_time_limit(
     if getattr(sender, "name", None) != TASK_NAME or not isinstance(exception, TimeLimitExceeded) or not args:
         return
     limit = exception.args[0] if exception.args else app.conf.task_time_limit
-    get_store().fail(
-        args[0], None, f"time limit: killed after {limit} s (CIRCUITD_JOB_TIME_LIMIT)", ErrorCode.time_limit
-    )
+    store = get_store()
+    job = store.get_job(args[0])
+    if job is None or not holder_is_dead(job.worker):
+        return  # taken over meanwhile by a live worker (a sweep saw the dead child first): its run now
+    message = f"time limit: killed after {limit} s (CIRCUITD_JOB_TIME_LIMIT)"
+    store.fail(job.id, job.worker, message, ErrorCode.time_limit)  # compare-and-set on the dead holder
 
 
 @signals.worker_init.connect

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from circuitd.access import service_access
@@ -217,8 +216,11 @@ def _execute(
 
     try:
         spec = JobSpec.model_validate(claim.job.spec)
-    except ValidationError as exc:
-        return failed(*job_error(exc, job_id, "cpu"))
+    except Exception as exc:  # invalid under today's settings, or unreadable: the job fails, once
+        code, message = job_error(exc, job_id, "cpu")
+        if code == ErrorCode.internal:
+            log.exception("job %s: its spec could not be checked", job_id)
+        return failed(code, message)
 
     def progress(fraction: float, stage: str) -> None:
         try:

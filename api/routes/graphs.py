@@ -17,14 +17,15 @@ from typing import Annotated, Any, Literal
 
 import networkx as nx
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.caches import graphs, views
 from api.deps import JobDep, OwnerDep, StoreDep
 from api.routes.jobs import enqueue
 from api.schemas import JobOut
+from circuitd.limits import MAX_NODE_ID_CHARS, MAX_SCALE, MAX_VALIDATE_NODES
 from circuitd.settings import get_settings
-from circuitd.spec import JobSpec
+from circuitd.spec import JobSpec, spec_error_line
 from circuitd.store import Job, Store
 from graphs import attribution_queries as aq
 from graphs import queries, to_node_link
@@ -42,7 +43,6 @@ Format = Annotated[
     Query(description="node-link JSON, GraphML, or the Neuronpedia layout (attribution graphs)"),
 ]
 Threshold = Annotated[float | None, Query(ge=0, le=1, description="attribution graphs: re-prune with this")]
-MAX_VALIDATE_NODES = 256  # nodes one validation job may scale
 
 
 def _graph(st: Store, job: Job, all_edges: bool) -> nx.DiGraph[str]:
@@ -215,10 +215,13 @@ def logit_paths(
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    nodes: list[str] = Field(
+    nodes: list[Annotated[str, Field(max_length=MAX_NODE_ID_CHARS)]] = Field(
         min_length=1, max_length=MAX_VALIDATE_NODES, description="node ids of the graph to scale, each once"
     )
-    scale: float = Field(default=0.0, allow_inf_nan=False, description="their outputs' factor (0: ablate)")
+    scale: float = Field(
+        default=0.0, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
+        description="their outputs' factor (0: ablate)",
+    )
 
 
 @router.post("/validate", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
@@ -247,5 +250,9 @@ def validate(
     if logits:
         detail = f"nodes: '{logits[0]}' is a logit, not a source"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
-    spec = JobSpec.model_validate(job.spec).replace(validate_nodes=body.nodes, validate_scale=body.scale)
+    try:  # the stored spec was valid when it was submitted; the settings may have changed since
+        spec = JobSpec.model_validate(job.spec).replace(validate_nodes=body.nodes, validate_scale=body.scale)
+    except ValidationError as exc:
+        detail = f"job {job.id}: its spec no longer passes this service's rules ({spec_error_line(exc)})"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail) from exc
     return enqueue(spec, owner, st, response, idempotency_key)

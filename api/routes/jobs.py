@@ -73,12 +73,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
-    """The caller's jobs, newest first."""
+    """The caller's jobs, newest first; an inline task is shown by name and size (the job itself
+    has the whole spec)."""
     jobs, total = st.list_jobs(owner, status_.value if status_ else None, limit, offset)
     nxt = None
     if offset + len(jobs) < total:
         nxt = str(request.url.include_query_params(offset=offset + len(jobs), limit=limit))
-    items = [JobOut.of(j, st.worker_lost(j)) for j in jobs]
+    items = [JobOut.of(j, st.worker_lost(j), brief=True) for j in jobs]
     return JobPage(items=items, total=total, limit=limit, offset=offset, next=nxt)
 
 

@@ -95,9 +95,14 @@ def parse_model_id(model_id: str) -> ModelRef:
         return ModelRef("zoo", rest)
     if kind == "local":
         path = Path(rest).expanduser()
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        try:
+            usable = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+            resolved = path.resolve()
+        except OSError as exc:  # a name too long, a directory it may not read: one line, no trace
+            raise ModelError(f"local:{rest}: cannot be read ({exc.strerror or 'unreadable'})") from exc
+        if not usable:
             raise ModelError(f"local:{rest}: needs a directory with config.json and model.safetensors")
-        return ModelRef("local", str(path.resolve()))
+        return ModelRef("local", str(resolved))
     raise ModelError(f"unknown model id prefix '{kind}:' (use zoo:, random:, local: or a TL name)")
 
 

@@ -193,13 +193,23 @@ def load(
     return tset.to(device=device, dtype=dtype)
 
 
+def _homes(root: Path) -> list[Path]:
+    """Where the files of the set in ``root`` may really lie: ``root`` itself and, for a snapshot
+    in the hub's cache (``.../snapshots/<rev>``, whose files link to ``../../blobs/<hash>``), the
+    blobs of that one repository."""
+    homes = [root.resolve()]
+    if root.parent.name == "snapshots":
+        homes.append((root.parent.parent / "blobs").resolve())
+    return homes
+
+
 def _inside(root: Path, name: str, config_path: Path, field: str) -> Path:
-    """``root / name`` for a bare file name whose real path (symlinks resolved) stays in ``root``:
-    a config names files of its own set, never others."""
+    """``root / name`` for a bare file name whose real path (symlinks resolved) stays in ``root``
+    (or its hub repository's blobs): a config names files of its own set, never others."""
     if "://" in name:
         raise TranscoderError(f"{config_path}: {field}: {name!r} is remote; download it next to config.yaml")
     bare = name not in ("", ".", "..") and "/" not in name and "\\" not in name and ":" not in name
-    if not bare or not (root / name).resolve().is_relative_to(root.resolve()):
+    if not bare or not any((root / name).resolve().is_relative_to(home) for home in _homes(root)):
         raise TranscoderError(
             f"{config_path}: {field}: {name!r} is not a file name inside the set's directory"
         )

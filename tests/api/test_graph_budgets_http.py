@@ -84,3 +84,13 @@ def test_validate_takes_at_most_256_nodes(alice: Api, circuit_job: str) -> None:
     r = alice.http.post(f"/v1/jobs/{circuit_job}/graph/validate", json={"nodes": nodes})
     assert r.status_code == 422 and r.json()["code"] == "invalid"
     assert r.json()["errors"][0]["field"] == "nodes" and "256" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"nodes": ["a0.h0"], "scale": 1e6}, "scale"),  # was a 500: the spec's own bound refused it too late
+    ({"nodes": ["x" * 65]}, "nodes[0]"),
+])
+def test_validate_bounds_its_body(alice: Api, circuit_job: str, body: dict, field: str) -> None:
+    r = alice.http.post(f"/v1/jobs/{circuit_job}/graph/validate", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field

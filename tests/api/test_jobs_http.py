@@ -306,3 +306,19 @@ def test_attribution_graph_job_queries_and_validation(service: Service, alice: A
     other = f"/v1/jobs/{edge_job['id']}/graph"
     assert alice.http.get(other, params={"format": "neuronpedia"}).status_code == 422
     assert alice.http.get(f"{other}/features").status_code == 409
+
+
+def test_listings_show_an_inline_task_by_name_and_size(service: Service, bob: Api) -> None:
+    """A page of 500 jobs stays small however large their inline tasks: the job itself has it all."""
+    n = 64
+    task = {"name": "big", "clean": [[1] * 200] * n, "corrupted": [[2] * 200] * n,
+            "correct": [3] * n, "incorrect": [4] * n, "prepend_bos": False}
+    r = bob.submit({"model": "random:tiny", "method": "eap", "task": task, "top_n": 5, "curve": False})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    page = bob.http.get("/v1/jobs", params={"limit": 500}).json()["items"]
+    listed = next(j for j in page if j["id"] == job_id)
+    assert listed["spec"]["task"] == {"name": "big", "n_prompts": n}
+    assert listed["spec"]["model"] == "random:tiny" and listed["spec"]["method"] == "eap"
+    assert bob.job(job_id)["spec"]["task"]["clean"] == task["clean"]
+    bob.wait(job_id)

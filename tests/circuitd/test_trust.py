@@ -117,16 +117,28 @@ def test_local_models_only_inside_model_roots(
 
     _set(env, "CIRCUITD_MODEL_ROOTS", f"/nonexistent, {tmp_path / 'models'}")
     assert JobSpec.model_validate(spec).model == f"local:{synth_copy}"
-    field, msg = _refusal({"model": "local:/etc", "task": "random"})
-    assert field == "model" and "/etc is outside CIRCUITD_MODEL_ROOTS" in msg
-    field, msg = _refusal({"model": f"local:{tmp_path / 'models'}/../elsewhere", "task": "random"})
-    assert field == "model" and f"{tmp_path / 'elsewhere'} is outside CIRCUITD_MODEL_ROOTS" in msg
+    refused = "not inside a directory that CIRCUITD_MODEL_ROOTS allows"
+
+    def _refusal_line(spec: dict[str, str]) -> tuple[str, str]:
+        field, msg = _refusal(spec)
+        return field, msg.removeprefix("Value error, ")
+
+    assert _refusal_line({"model": "local:/etc", "task": "random"}) == ("model", f"local:/etc: {refused}")
+    escape = f"local:{tmp_path / 'models'}/../elsewhere"
+    assert _refusal_line({"model": escape, "task": "random"}) == ("model", f"{escape}: {refused}")
 
     outside = tmp_path / "outside"  # a symlink inside a root to a directory outside it
     shutil.copytree(synth_copy, outside)
     (tmp_path / "models" / "link").symlink_to(outside)
     field, msg = _refusal({"model": f"local:{tmp_path / 'models' / 'link'}", "task": "random"})
-    assert field == "model" and f"{outside} is outside CIRCUITD_MODEL_ROOTS" in msg
+    assert field == "model" and msg.endswith(refused) and str(outside) not in msg  # no server path told
+
+    for probe in ("/proc/self/cwd", "/proc/self/exe"):  # what the server's paths are is not told either
+        probed = {"model": f"local:{probe}", "task": "random"}
+        assert _refusal_line(probed) == ("model", f"local:{probe}: {refused}")
+    long_name = f"local:{tmp_path / 'models'}/{'a' * 300}"  # the name cannot even be looked up
+    field, msg = _refusal({"model": long_name, "task": "random"})
+    assert field == "model" and msg.endswith("cannot be read (File name too long)")
 
 
 def test_hub_model_names_from_the_allowlist(env: pytest.MonkeyPatch, no_network: None) -> None:
@@ -170,7 +182,8 @@ def test_transcoder_sources_from_the_allowlist_and_roots(
     JobSpec.model_validate({**base, "transcoders": "org/name"})
     JobSpec.model_validate({**base, "transcoders": str(tc)})
     field, msg = _refusal({**base, "transcoders": "/etc"})
-    assert field == "params.transcoders" and "/etc is outside CIRCUITD_MODEL_ROOTS" in msg
+    assert field == "params.transcoders"
+    assert msg.endswith("directory '/etc': not inside a directory that CIRCUITD_MODEL_ROOTS allows")
     with pytest.raises(CircuitdError, match="hub repo 'org/other' is not an allowed"):
         check_transcoders("org/other")
     with full_access():
@@ -231,6 +244,26 @@ def test_transcoder_config_names_files_of_its_own_set(tmp_path: Path, name: str)
     assert str(info.value) == (
         f"{tc / 'config.yaml'}: files: {name!r} is not a file name inside the set's directory"
     )
+
+
+def test_a_hub_cache_snapshot_loads_through_its_blob_links(tmp_path: Path) -> None:
+    """The hub's cache keeps files in ``blobs/`` and links them from ``snapshots/<rev>/``: those
+    links stay inside the repository, so the set loads; a link out of the repository does not."""
+    repo = tmp_path / "models--org--name"
+    written = tmp_path / "written"
+    save(random_transcoders(2, 16, 4), written)
+    snapshot, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted(written.iterdir())):
+        blob = blobs / f"{i:040x}"
+        shutil.copy(f, blob)
+        (snapshot / f.name).symlink_to(Path("../../blobs") / blob.name)
+    assert load(snapshot).n_layers == 2
+    (snapshot / "layer_1.safetensors").unlink()
+    (snapshot / "layer_1.safetensors").symlink_to(written / "layer_1.safetensors")
+    with pytest.raises(TranscoderError, match="'layer_1.safetensors' is not a file name inside"):
+        load(snapshot)
 
 
 def test_transcoder_file_may_not_link_outside_its_set(tmp_path: Path) -> None:

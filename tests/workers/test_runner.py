@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -10,7 +13,8 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from circuitd.progress import Cancelled
-from circuitd.store import Store
+from circuitd.store import Store, worker_id
+from circuitd.store.workers import namespace_tag
 from tests.support.service import TINY
 from workers.errors import is_out_of_memory
 from workers.runner import execute
@@ -195,8 +199,17 @@ def test_hard_time_limit_fails_the_job_in_the_main_process(tmp_path, monkeypatch
         from workers import jobs
 
         store = Store(url)
+        child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                               capture_output=True, text=True, check=True)
+        killed = f"{socket.gethostname()}:{child.stdout.strip()}:{namespace_tag()}.dead"  # a pool child, gone
+        taken = _job(store)  # killed too, but a sweep gave it to a live worker before the signal came
+        store.claim(taken, killed)
+        store.claim(taken, worker_id(), stale_after=0)
+        jobs.fail_on_hard_time_limit(sender=jobs.run_job, exception=TimeLimitExceeded(7), args=[taken])
+        assert store.get_job(taken).status == "running", "the live worker's new run is left alone"
+
         job_id = _job(store)
-        store.claim(job_id, "h:1")
+        store.claim(job_id, killed)
         jobs.fail_on_hard_time_limit(sender=jobs.run_job, exception=TimeLimitExceeded(7), args=[job_id])
         job = store.get_job(job_id)
         assert job.status == "failed"
