@@ -138,3 +138,16 @@ def check_transcoders(source: str | None) -> None:
             )
         return
     _under_roots(source, f"directory '{source}'")
+
+
+def check_hub_transcoder_uri(repo_id: str, uri: str) -> None:
+    """Refuse an ``hf://`` entry of a transcoder config whose repository the caller may not use:
+    under the service's rules the repository must be listed in ``CIRCUITD_HUB_TRANSCODERS``, as
+    for a hub source (:func:`check_transcoders`). Full access allows every repository."""
+    if has_full_access():
+        return
+    if not is_hub_repo(repo_id) or repo_id not in _entries(get_settings().hub_transcoders):
+        raise CircuitdError(
+            f"{uri}: hub repo '{repo_id}' is not an allowed transcoder source "
+            "(CIRCUITD_HUB_TRANSCODERS lists them)"
+        )

@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path.home() / ".circuitd"
     max_prompts: int = 1024
     max_tokens: int = 512  # per prompt
-    max_edges: int = 200_000
+    max_edges: int = 1_000_000
     max_ig_steps: int = 64
     eval_max_elements: int = 2**27  # activations per patched pass when evaluating circuits
     max_feature_nodes: int = 4096  # attribution graphs: features kept (by influence) past this

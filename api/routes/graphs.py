@@ -29,18 +29,20 @@ from circuitd.spec import JobSpec, spec_error_line
 from circuitd.store import Job, Store
 from graphs import attribution_queries as aq
 from graphs import queries, to_node_link
+from graphs.eap_ig_format import to_eap_ig
 
 router = APIRouter(prefix="/jobs/{job_id}/graph", tags=["graphs"])
 
 GRAPH_FILES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {}, "application/graphml+xml": {"schema": {"type": "string"}}},
-          "description": "the graph as node-link JSON, GraphML or the Neuronpedia layout"},
+          "description": "the graph as node-link JSON, GraphML, EAP-IG graph JSON or the Neuronpedia layout"},
 }
 
 AllEdges = Annotated[bool, Query(description="every scored edge, not only the circuit's")]
 Format = Annotated[
-    Literal["json", "graphml", "neuronpedia"],
-    Query(description="node-link JSON, GraphML, or the Neuronpedia layout (attribution graphs)"),
+    Literal["json", "graphml", "neuronpedia", "eap-ig"],
+    Query(description="node-link JSON, GraphML, the Neuronpedia layout (attribution graphs), or "
+          "EAP-IG / MIB graph JSON (edge circuits: every edge, its score and in_graph)"),
 ]
 Threshold = Annotated[float | None, Query(ge=0, le=1, description="attribution graphs: re-prune with this")]
 
@@ -66,8 +68,9 @@ def _json(body: Any) -> Response:
 
 
 def _render(graph: nx.DiGraph[str], fmt: str, job_id: str, suffix: str = "") -> Response:
-    if fmt == "neuronpedia":
-        detail = "format: neuronpedia is the layout of a whole attribution graph, at GET /graph only"
+    if fmt in ("neuronpedia", "eap-ig"):
+        whole = "attribution graph" if fmt == "neuronpedia" else "edge circuit"
+        detail = f"format: {fmt} is the layout of a whole {whole}, at GET /graph only"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
     if fmt == "graphml":
         return Response(
@@ -86,8 +89,9 @@ def get_graph(
     node_threshold: Threshold = None,
     edge_threshold: Threshold = None,
 ) -> Response:
-    """Node-link JSON (``nodes``, ``links``, metadata in ``graph``), GraphML or, for attribution
-    graphs, the Neuronpedia layout; attribution graphs re-pruned when thresholds are given."""
+    """Node-link JSON (``nodes``, ``links``, metadata in ``graph``), GraphML, for edge circuits
+    EAP-IG / MIB graph JSON, or, for attribution graphs, the Neuronpedia layout; attribution
+    graphs re-pruned when thresholds are given."""
     raw, full = graphs.get(st, job)
     attribution = aq.is_attribution(full)
     thresholds = node_threshold is not None or edge_threshold is not None
@@ -97,6 +101,11 @@ def get_graph(
     if not attribution and (format == "neuronpedia" or thresholds):
         detail = "format: neuronpedia and node/edge thresholds are for attribution graphs, not edge circuits"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
+    if format == "eap-ig":
+        if attribution:
+            detail = "format: eap-ig is for edge circuits, not attribution graphs"
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
+        return _json(to_eap_ig(full))  # every edge with its score and in_graph, whatever all_edges says
     if format == "neuronpedia":
         key = views.key(job.id, full, node_threshold, edge_threshold)
         body = views.neuronpedia.get_or_make(key, lambda: _neuronpedia(full, *key))

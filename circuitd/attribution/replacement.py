@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from circuitd.models.adapter import ModelAdapter, Norm
-from circuitd.transcoders import TranscoderSet
+from circuitd.transcoders import INPUT_HOOK, OUTPUT_HOOK, TranscoderSet
 
 FeatureMode = Literal["live", "frozen"]
 
@@ -60,8 +60,12 @@ def check_supported(adapter: ModelAdapter, transcoders: TranscoderSet) -> None:
             f"transcoders for {transcoders.n_layers} layers of d_model {transcoders.d_model}, model has "
             f"{shape.n_layers} of {shape.d_model}"
         )
-    if (transcoders.feature_input_hook, transcoders.feature_output_hook) != ("hook_mlp_in", "hook_mlp_out"):
-        problems.append("transcoders must read hook_mlp_in and write hook_mlp_out")
+    if (transcoders.input_site, transcoders.output_site) != (INPUT_HOOK, OUTPUT_HOOK):
+        problems.append(
+            "transcoders must read the MLP input before ln2 (hook_mlp_in, hook_resid_mid or "
+            "mlp.hook_in) and write hook_mlp_out (or mlp.hook_out), not "
+            f"{transcoders.feature_input_hook} / {transcoders.feature_output_hook}"
+        )
     if problems:
         raise AttributionError(f"attribution: unsupported setup: {'; '.join(problems)}")
 
@@ -260,4 +264,3 @@ def record(adapter: ModelAdapter, transcoders: TranscoderSet, tokens: Tensor) ->
         reconstruction=reconstruction,
         errors=mlp_out - reconstruction,
     )
-

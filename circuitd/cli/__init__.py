@@ -6,7 +6,8 @@ local directory, any hub name. The commands that serve others in this process (`
 requests and by the worker's forked children.
 
 The subcommands live beside this module: ``analysis`` (in-process circuit discovery and its
-files), ``service`` (run the service and talk to it), ``training`` (zoo models, transcoders).
+files), ``mib`` (MIB circuit-track export and checks), ``service`` (run the service and talk to
+it), ``training`` (zoo models, transcoders).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ SERVING = frozenset({"api", "worker"})  # commands that serve clients from this 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here: `python -m circuitd.cli.service` must not find its module imported already.
     from circuitd.cli.analysis import add_analysis_commands
+    from circuitd.cli.mib import add_mib_commands
     from circuitd.cli.service import add_service_commands
     from circuitd.cli.training import add_training_commands
 
     parser = argparse.ArgumentParser(prog="circuitd", description="Automated circuit discovery.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_analysis_commands(sub)
+    add_mib_commands(sub)
     add_service_commands(sub)
     add_training_commands(sub)
     return parser

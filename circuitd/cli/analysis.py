@@ -123,12 +123,38 @@ def _write_attribution(result: Result, args: argparse.Namespace, params: Any) ->
     )
 
 
+def eap_ig_config(model_id: str):
+    """The EAP-IG ``cfg`` of a model (from its config alone)."""
+    from circuitd.models.registry import model_shape
+    from graphs.eap_ig_format import EapIgConfig
+
+    s = model_shape(model_id)
+    return EapIgConfig(s.n_layers, s.n_heads, s.parallel_attn_mlp, s.d_model, s.attn_only)
+
+
+def read_circuit(path: str, model_id: str):
+    """A circuit file: circuitd's node-link JSON or an EAP-IG / MIB graph (told by its layout),
+    the latter checked against the model's config."""
+    import json
+    from pathlib import Path
+
+    from graphs import from_node_link
+    from graphs.eap_ig_format import from_eap_ig, is_eap_ig
+
+    data = json.loads(Path(path).read_text())
+    if is_eap_ig(data):
+        return from_eap_ig(data, path, eap_ig_config(model_id))
+    return from_node_link(data)
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from circuitd.discover import discover
     from graphs import write_json
 
     if args.format == "neuronpedia" and args.method != "attribution-graph":
         raise CircuitdError("--format: neuronpedia is for --method attribution-graph")
+    if args.format == "eap-ig" and args.method == "attribution-graph":
+        raise CircuitdError("--format: eap-ig is for edge circuits, not --method attribution-graph")
 
     spec = _spec_from_args(args, args.method, method_params(args, args.method))
     bar = _Bar()
@@ -139,7 +165,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if spec.method == "attribution-graph":
         _write_attribution(result, args, spec.params)
         return 0
-    write_json(result.full_graph if args.all_edges else result.graph, args.out)
+    if args.format == "eap-ig":
+        from graphs.eap_ig_format import write_eap_ig
+
+        write_eap_ig(result.full_graph, args.out, eap_ig_config(spec.model))  # every edge, scored
+    else:
+        write_json(result.full_graph if args.all_edges else result.graph, args.out)
     m = result.metrics
     print(
         f"{spec.method} on {spec.model}/{spec.task_name}: {m['n_edges']}/{m['n_edges_total']} edges, "
@@ -158,12 +189,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from circuitd.evaluate import Evaluator
     from circuitd.jobs import build_task
     from circuitd.models.registry import load_model
-    from graphs import read_json
 
     try:
-        circuit = read_json(args.circuit)
+        circuit = read_circuit(args.circuit, args.model)
     except (OSError, ValueError, KeyError) as exc:
-        raise CircuitdError(f"--circuit: cannot read {args.circuit}: {exc}") from exc
+        where = "" if str(exc).startswith(args.circuit) else f"{args.circuit}: "  # EAP-IG errors name it
+        raise CircuitdError(f"--circuit: cannot read {where}{exc}") from exc
     if circuit.graph.get("kind") == "attribution":
         raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
@@ -293,8 +324,9 @@ def add_analysis_commands(sub: Any) -> None:
     _add_task_args(p, task_required=False)
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD)
     add_method_flags(p)
-    p.add_argument("--format", choices=["json", "neuronpedia"], default="json",
-                   help="node-link JSON, or the Neuronpedia layout (attribution-graph)")
+    p.add_argument("--format", choices=["json", "neuronpedia", "eap-ig"], default="json",
+                   help="node-link JSON, the Neuronpedia layout (attribution-graph), or EAP-IG/MIB "
+                   "graph JSON (edge circuits: every edge with its score and in_graph)")
     p.add_argument("--all-edges", action="store_true", help="write every scored edge, not just the circuit")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_discover)
@@ -304,7 +336,8 @@ def add_analysis_commands(sub: Any) -> None:
     p.add_argument("--metric", choices=METRICS, help="overrides the task's metric")
     p.add_argument("--ablation", choices=ABLATIONS, default="resample")
     p.add_argument("--no-split-qkv", action="store_true")
-    p.add_argument("--circuit", required=True, help="node-link JSON written by discover")
+    p.add_argument("--circuit", required=True,
+                   help="node-link JSON written by discover, or an EAP-IG / MIB graph JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("validate-graph", help="scale nodes of an attribution graph: predicted vs actual")

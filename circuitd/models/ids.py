@@ -3,8 +3,10 @@ API check ids with it).
 
 Ids: a TransformerLens name (``gpt2-small``), ``zoo:<name>`` (shipped with circuitd),
 ``random:<preset>[@seed]`` (an architecture with seeded random weights) and
-``local:<dir>`` (``config.json`` with HookedTransformerConfig fields, ``model.safetensors``,
-optional ``tokenizer.json``).
+``local:<dir>``: either ``config.json`` with HookedTransformerConfig fields, ``model.safetensors``
+and an optional ``tokenizer.json``, or a Hugging Face checkpoint as ``save_pretrained`` writes it
+(``config.json`` with ``model_type``/``architectures``, ``model.safetensors``, optional tokenizer
+files), which TransformerLens converts (:func:`circuitd.models.loading.hf_tl_config`).
 
 Zoo names and random seeds are parsed strictly (a zoo name is one lowercase path component), so
 no id reaches outside the zoo; which local directories and hub names a caller may use is

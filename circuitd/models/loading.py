@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ def build_from_config(
     model_id: str,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    zero_missing_biases: bool = False,
 ) -> ModelAdapter:
     """A HookedTransformer from config fields, with given weights or seeded random ones."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -30,9 +33,15 @@ def build_from_config(
     except TypeError as exc:
         raise ModelError(f"{model_id}: bad model config: {exc}") from exc
     model = HookedTransformer(config, move_to_device=False)
+    if state_dict is not None and zero_missing_biases:
+        # TL's converters leave out biases the architecture lacks (GPT-2's unembed.b_U): zeros.
+        for key, value in model.state_dict().items():
+            if key not in state_dict and key.rsplit(".", 1)[-1].startswith("b_"):
+                state_dict[key] = torch.zeros_like(value)
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
+        computed = ("IGNORE", "mask", "rotary_sin", "rotary_cos")  # buffers, not weights
+        missing = [k for k in missing if not k.endswith(computed)]
         if missing or unexpected:
             raise ModelError(
                 f"{model_id}: weights do not match the config "
@@ -122,3 +131,166 @@ def pretrained_config(name: str) -> dict[str, Any]:
     except Exception as exc:
         reason = _first_line(exc)
         raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {reason}") from exc
+
+
+HF_MODEL_TYPES: dict[str, str] = {
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+}
+"""The Hugging Face ``model_type``s a ``local:`` checkpoint directory may have, and the
+architecture TransformerLens converts each from. Only types transformers ships code for: a
+directory's own code (``auto_map``) never runs."""
+
+_TL_DROP = ("tokenizer_name", "trust_remote_code", "quantization_method", "hf_config")
+"""Fields of TransformerLens's converted config that name files, code or hub state, not shape."""
+
+
+def _hf_model_type(raw: dict[str, Any], path: str) -> str:
+    model_type = raw.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ModelError(
+            f"{path}: model_type: {model_type!r} is not supported "
+            f"(supported: {', '.join(HF_MODEL_TYPES)})"
+        )
+    return model_type
+
+
+def _gemma2_config(hf: Any) -> dict[str, Any]:
+    """Gemma-2 fields from its HF config: TransformerLens sets them by hub name only, so a local
+    checkpoint needs them read from the config (the same fields TL's gemma-2 branches set)."""
+    n_layers = hf.num_hidden_layers
+    cfg: dict[str, Any] = {
+        "d_model": hf.hidden_size,
+        "d_head": hf.head_dim,
+        "n_heads": hf.num_attention_heads,
+        "d_mlp": hf.intermediate_size,
+        "n_layers": n_layers,
+        "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps,
+        "d_vocab": hf.vocab_size,
+        "act_fn": hf.hidden_activation,
+        "normalization_type": "RMS",
+        "rotary_base": _rope_theta(hf),
+        "positional_embedding_type": "rotary",
+        "use_attn_scale": True,
+        "n_key_value_heads": hf.num_key_value_heads,
+        "window_size": hf.sliding_window,
+        "use_local_attn": True,
+        "attn_types": [("local", "global")[i % 2] for i in range(n_layers)],
+        "attn_scores_soft_cap": hf.attn_logit_softcapping,
+        "output_logits_soft_cap": hf.final_logit_softcapping,
+        "gated_mlp": True,
+        "final_rms": True,
+        "use_normalization_before_and_after": True,
+        "original_architecture": "Gemma2ForCausalLM",
+    }
+    scalar = getattr(hf, "query_pre_attn_scalar", None)
+    if scalar is not None and scalar != hf.head_dim:
+        cfg["attn_scale"] = float(scalar) ** 0.5
+    return cfg
+
+
+def _rope_theta(hf: Any) -> float:
+    from transformer_lens.loading_from_pretrained import _get_rope_theta  # pyright: ignore[reportPrivateUsage]
+
+    return float(_get_rope_theta(hf))
+
+
+_NAME_TRIGGERS = ("llama", "gemma", "wav2vec2", "tinystories")
+"""Substrings by which TransformerLens's converter picks a config by model name, not fields."""
+
+
+def _neutral_tmp() -> str:
+    """A temporary directory whose path TL's converter cannot mistake for a model name."""
+    import tempfile
+
+    for cand in (tempfile.gettempdir(), "/tmp", "/var/tmp", str(Path.cwd())):
+        if Path(cand).is_dir() and not any(t in cand.lower() for t in _NAME_TRIGGERS):
+            return cand
+    raise ModelError(f"no temporary directory without {', '.join(_NAME_TRIGGERS)} in its path (set TMPDIR)")
+
+
+def hf_tl_config(folder: Path) -> dict[str, Any]:
+    """HookedTransformerConfig fields of a Hugging Face checkpoint directory, from its
+    ``config.json`` alone (no weights read), by TransformerLens's own converter."""
+    import shutil
+    import tempfile
+
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+    from transformers import AutoConfig
+
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not readable JSON ({' '.join(str(exc).split())})") from exc
+    model_type = _hf_model_type(raw, str(path))
+    architecture = HF_MODEL_TYPES[model_type]
+    # TL picks some architectures by the *name* it is given ("llama", "gemma" in a path): give it
+    # a copy of the config under a neutral name, so only the config's own fields count.
+    try:
+        with tempfile.TemporaryDirectory(prefix="hfcfg", dir=_neutral_tmp()) as tmp, _quiet_hub():
+            shutil.copyfile(path, Path(tmp) / "config.json")
+            if model_type == "gemma2":
+                hf = AutoConfig.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+                cfg = _gemma2_config(hf)
+            else:
+                raw_cfg = {**raw, "architectures": [architecture]}
+                if model_type == "gpt2":  # TL reads n_ctx, which transformers 5 no longer writes
+                    raw_cfg.setdefault("n_ctx", raw.get("n_positions", 1024))
+                (Path(tmp) / "config.json").write_text(json.dumps(raw_cfg))
+                cfg = convert_hf_model_config(tmp, local_files_only=True, trust_remote_code=False)
+    except ModelError:
+        raise
+    except Exception as exc:  # a field the converter needs is missing or malformed
+        raise ModelError(f"{path}: not a usable {model_type} config: {_first_line(exc)}") from exc
+    cfg = {k: v for k, v in cfg.items() if k not in _TL_DROP}
+    if model_type == "gpt2" and raw.get("n_inner"):  # TL assumes 4 * n_embd
+        cfg["d_mlp"] = raw["n_inner"]
+    cfg["model_name"] = folder.name
+    cfg["original_architecture"] = architecture
+    return cfg
+
+
+def load_hf_dir(
+    folder: Path, cfg: dict[str, Any], model_id: str, device: str, dtype: torch.dtype
+) -> ModelAdapter:
+    """A Hugging Face checkpoint directory's weights through TransformerLens's per-architecture
+    converter, with the directory's tokenizer when it has one. Never runs the directory's code."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with _quiet_hub():
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, dtype=torch.float32
+            )
+            hf_model.eval()
+            tl_cfg = HookedTransformerConfig(**{**cfg, "device": "cpu", "dtype": torch.float32})
+            state = get_pretrained_state_dict(str(folder), tl_cfg, hf_model=hf_model, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"{model_id}: weights could not be loaded: {_first_line(exc)}") from exc
+    del hf_model
+    return build_from_config(
+        cfg, state, _hf_tokenizer(folder), model_id, device, dtype, zero_missing_biases=True
+    )
+
+
+def _hf_tokenizer(folder: Path) -> Tokenizer | None:
+    """The directory's own tokenizer, if it has one (local files only)."""
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((folder / n).is_file() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_hub():
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"{folder}: tokenizer could not be loaded: {_first_line(exc)}") from exc
+    return HFTokenizer(tok)

@@ -40,8 +40,7 @@ Never ``tokenizer_name`` or ``trust_remote_code`` (TransformerLens would fetch a
 its code), checkpoints, devices, or anything else that names files or code."""
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    """A zoo or local model's ``config.json``, architecture keys only (:data:`CONFIG_KEYS`)."""
+def _read_json(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     try:
         cfg = json.loads(path.read_text())
@@ -49,6 +48,21 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not readable JSON ({' '.join(str(exc).split())})") from exc
     if not isinstance(cfg, dict):
         raise ModelError(f"{path}: expected an object of HookedTransformerConfig fields")
+    return cfg
+
+
+def _is_hf_dir(ref: ModelRef) -> bool:
+    """A ``local:`` Hugging Face checkpoint (``config.json`` with ``model_type``/``architectures``)."""
+    if ref.kind != "local":
+        return False
+    cfg = _read_json(model_dir(ref))
+    return "model_type" in cfg or "architectures" in cfg
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """A zoo or local model's ``config.json``, architecture keys only (:data:`CONFIG_KEYS`)."""
+    path = folder / "config.json"
+    cfg = _read_json(folder)
     for key in cfg:
         if key not in CONFIG_KEYS:
             raise ModelError(f"{path}: {key}: not an architecture field a model config may set")
@@ -57,10 +71,15 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def model_config(model_id: str) -> dict[str, Any]:
     """HookedTransformerConfig fields of a model, without loading its weights (hub models: the
-    config is fetched, nothing else)."""
+    config is fetched, nothing else; Hugging Face checkpoint directories: converted by
+    TransformerLens from ``config.json``, never passed raw to HookedTransformerConfig)."""
     ref = parse_model_id(model_id)
     if ref.kind == "random":
         return dict(RANDOM_PRESETS[ref.name], seed=ref.seed)
+    if _is_hf_dir(ref):
+        from circuitd.models.loading import hf_tl_config
+
+        return hf_tl_config(model_dir(ref))
     if ref.kind in ("zoo", "local"):
         return _read_config(model_dir(ref))
     from circuitd.models.loading import pretrained_config
@@ -126,6 +145,8 @@ def _load(ref: ModelRef, cfg: dict[str, Any], device: str, dtype: torch.dtype) -
         model = loading.build_from_config(cfg, None, None, ref.id, device, dtype)
         _randomise(model, ref.seed)
         return model
+    if _is_hf_dir(ref):
+        return loading.load_hf_dir(model_dir(ref), cfg, ref.id, device, dtype)
     from safetensors.torch import load_file
 
     from circuitd.tokenizer import WordTokenizer

@@ -13,22 +13,44 @@ topk), ``n_layers``, ``d_model``, ``d_tc``, ``skip`` and ``files``.
   ``W_dec_{i}.safetensors`` holding ``W_dec_{i}``. ``b_dec_{i}`` sits in the encoder
   file because that is where circuit-tracer's CLT writer and loader put it; the loader
   also accepts it in the decoder file.
+
+On load, circuit-tracer's other layouts are read too:
+
+* no file list (its own cache layout): ``layer_0.safetensors``, ``layer_1...`` next to the
+  config, at least one and without gaps (the model's layer count is checked when the set is
+  used, :func:`circuitd.attribution.replacement.check_supported`);
+* the file list under ``transcoders``, whose entries may be ``hf://org/repo/path[?revision=r]``
+  URIs: resolved from the local Hugging Face cache only (``HF_HUB_CACHE`` / ``HF_HOME``), and
+  under the service's rules only for repositories ``CIRCUITD_HUB_TRANSCODERS`` lists; plain
+  names must stay inside the set's directory;
+* the threshold under the bare key ``threshold``;
+* input hooks ``hook_mlp_in``, ``hook_resid_mid`` or ``mlp.hook_in`` and output hooks
+  ``hook_mlp_out`` or ``mlp.hook_out`` (kept as written; see
+  :func:`~circuitd.transcoders.modules.canonical_hook`). ``ln2.hook_normalized`` and every
+  other hook are refused in one line.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from circuitd.access import check_hub_transcoder_uri, is_hub_repo
+from circuitd.errors import CircuitdError
 from circuitd.transcoders.modules import (
     INPUT_HOOK,
+    INPUT_HOOKS,
     KINDS,
     OUTPUT_HOOK,
+    OUTPUT_HOOKS,
     CrossLayerTranscoder,
     Transcoder,
     TranscoderError,
@@ -39,6 +61,10 @@ from circuitd.transcoders.modules import (
 
 CONFIG_FILE = "config.yaml"
 THRESHOLD_KEY = "activation_function.threshold"
+THRESHOLD_ALIASES = (THRESHOLD_KEY, "threshold")
+"""Names a per-layer file may give the JumpReLU threshold (circuitd and circuit-tracer write the first)."""
+LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
+POST_NORM_INPUT = "ln2.hook_normalized"
 
 # circuit-tracer's ``model_kind`` for each of our kinds, and every spelling load accepts.
 _CT_KIND = {"transcoder": "transcoder_set", "cross_layer_transcoder": "cross_layer_transcoder"}
@@ -180,17 +206,36 @@ def load(
     raw_kind = config.get("kind", config.get("model_kind"))
     if raw_kind not in _KIND_ALIASES:
         raise TranscoderError(f"{config_path}: kind: expected one of {', '.join(KINDS)}, got {raw_kind!r}")
-    hooks = {}
-    for key, default in (("feature_input_hook", INPUT_HOOK), ("feature_output_hook", OUTPUT_HOOK)):
-        value = config.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise TranscoderError(f"{config_path}: {key}: expected a hook name, got {value!r}")
-        hooks[key] = value
+    hooks = _read_hooks(config, config_path)
     if _KIND_ALIASES[raw_kind] == "transcoder":
         tset = TranscoderSet(_load_layers(root, config, config_path), **hooks)
     else:
         tset = TranscoderSet(_load_clt(root, config, config_path), **hooks)
     return tset.to(device=device, dtype=dtype)
+
+
+def _read_hooks(config: dict[str, Any], config_path: Path) -> dict[str, str]:
+    """The two hook names, as the config spells them, once known to be usable."""
+    hooks = {}
+    fields = (
+        ("feature_input_hook", INPUT_HOOK, INPUT_HOOKS, "the MLP input before ln2"),
+        ("feature_output_hook", OUTPUT_HOOK, OUTPUT_HOOKS, "the MLP output"),
+    )
+    for key, default, accepted, what in fields:
+        value = config.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise TranscoderError(f"{config_path}: {key}: expected a hook name, got {value!r}")
+        if value == POST_NORM_INPUT and key == "feature_input_hook":
+            raise TranscoderError(
+                f"{config_path}: {key}: {value!r} (the input after ln2) is not supported: circuitd's "
+                f"replacement model feeds transcoders {what} ({', '.join(accepted)})"
+            )
+        if value not in accepted:
+            raise TranscoderError(
+                f"{config_path}: {key}: {value!r} is not {what}; expected one of {', '.join(accepted)}"
+            )
+        hooks[key] = value
+    return hooks
 
 
 def _homes(root: Path) -> list[Path]:
@@ -216,20 +261,90 @@ def _inside(root: Path, name: str, config_path: Path, field: str) -> Path:
     return root / name
 
 
-def _load_layers(root: Path, config: dict[str, Any], config_path: Path) -> list[Transcoder]:
-    field = "files" if "files" in config else "transcoders"
-    names = config.get(field)
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise TranscoderError(
-            f"{config_path}: {field}: expected a non-empty list of file names, got {names!r}"
+def _hub_cache_dir() -> str | None:
+    """The hub cache directory the environment names now (``HF_HUB_CACHE``, else
+    ``HF_HOME/hub``); None leaves huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _from_hub_cache(uri: str, config_path: Path, field: str) -> Path:
+    """The local file of ``hf://org/repo/path[?revision=rev]``, from the local Hugging Face cache
+    only (nothing is downloaded); the repository must be one the caller may use."""
+    parsed = urlparse(uri)
+    repo_name, _, file_path = parsed.path.lstrip("/").partition("/")
+    repo_id = f"{parsed.netloc}/{repo_name}"
+    if not is_hub_repo(repo_id) or not file_path or ".." in file_path.split("/"):
+        raise TranscoderError(f"{config_path}: {field}: {uri!r} is not an hf://org/repo/path URI")
+    revision = (parse_qs(parsed.query).get("revision") or [None])[0]
+    try:
+        check_hub_transcoder_uri(repo_id, uri)
+    except CircuitdError as exc:
+        raise TranscoderError(f"{config_path}: {field}: {exc}") from None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = hf_hub_download(
+            repo_id, file_path, revision=revision, cache_dir=_hub_cache_dir(), local_files_only=True
         )
+    except Exception:  # not cached (LocalEntryNotFoundError), or a malformed cache: one line
+        raise TranscoderError(
+            f"{config_path}: {field}: {uri} is not in the local Hugging Face cache"
+        ) from None
+    return Path(local)
+
+
+def _layer_paths(root: Path, config: dict[str, Any], config_path: Path) -> tuple[list[Path], str]:
+    """The per-layer files, in layer order, and the field that named them. Without a file list
+    (circuit-tracer's own cache layout): ``layer_0.safetensors``, ``layer_1...`` next to the config,
+    at least one and no gaps."""
+    field = "files" if "files" in config else "transcoders"
+    if field not in config:
+        present = sorted(
+            int(m.group(1)) for p in root.iterdir() if (m := LAYER_FILE.fullmatch(p.name)) and p.is_file()
+        )
+        if not present:
+            raise TranscoderError(
+                f"{config_path}: files: no file list and no layer_0.safetensors next to config.yaml"
+            )
+        if present != list(range(len(present))):
+            missing = min(set(range(present[-1] + 1)) - set(present))
+            raise TranscoderError(
+                f"{config_path}: files: no file list and layer_{missing}.safetensors is missing "
+                f"(layer files {present[0]}..{present[-1]} must run from 0 without gaps)"
+            )
+        names: list[str] = [f"layer_{i}.safetensors" for i in present]
+        field = "files (layer_{i}.safetensors)"
+    else:
+        names = config[field]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise TranscoderError(
+                f"{config_path}: {field}: expected a non-empty list of file names, got {names!r}"
+            )
     n_layers = _config_int(config, "n_layers", config_path)
     if n_layers is not None and n_layers != len(names):
         raise TranscoderError(f"{config_path}: n_layers is {n_layers} but {field} lists {len(names)}")
-    paths = [_inside(root, name, config_path, field) for name in names]
+    paths = [
+        _from_hub_cache(name, config_path, field)
+        if name.startswith("hf://")
+        else _inside(root, name, config_path, field)
+        for name in names
+    ]
+    return paths, field
+
+
+def _threshold_key(tensors: dict[str, Tensor]) -> str | None:
+    return next((key for key in THRESHOLD_ALIASES if key in tensors), None)
+
+
+def _load_layers(root: Path, config: dict[str, Any], config_path: Path) -> list[Transcoder]:
+    paths, _ = _layer_paths(root, config, config_path)
     first = _read_tensors(paths[0])
     d_tc, d_model = _encoder_dims(first, paths[0], "W_enc", config, config_path)
-    activation, k = _activation(config, THRESHOLD_KEY in first, d_tc, config_path)
+    activation, k = _activation(config, _threshold_key(first) is not None, d_tc, config_path)
     skip = bool(config.get("skip", "W_skip" in first))
     dtype = first["W_enc"].dtype
     layers = []
@@ -253,13 +368,14 @@ def _layer_from(
     def take(name: str, shape: tuple[int, ...]) -> Tensor:
         return _take(tensors, path, name, shape).to(dtype)
 
+    threshold_key = _threshold_key(tensors) or THRESHOLD_KEY
     return Transcoder(
         W_enc=take("W_enc", (d_tc, d_model)),
         b_enc=take("b_enc", (d_tc,)),
         W_dec=take("W_dec", (d_tc, d_model)),
         b_dec=take("b_dec", (d_model,)),
         activation=activation,
-        threshold=take(THRESHOLD_KEY, (d_tc,)) if activation == "jumprelu" else None,
+        threshold=take(threshold_key, (d_tc,)) if activation == "jumprelu" else None,
         k=k,
         W_skip=take("W_skip", (d_model, d_model)) if skip else None,
     )

@@ -26,7 +26,9 @@ Conventions (shared by single-layer and cross-layer transcoders):
   circuitd reads features at ``hook_mlp_in`` (the residual stream entering the MLP
   sub-block, before ``ln2``; the adapter switches that hook on; for sequential blocks it
   equals circuit-tracer's ``hook_resid_mid``) and reconstructs ``hook_mlp_out``. Sets
-  loaded from disk keep whatever hook names their config.yaml gives.
+  loaded from disk keep the hook names their config.yaml gives; :func:`canonical_hook` maps
+  every spelling of the same tensor (``hook_resid_mid``, ``mlp.hook_in``; ``mlp.hook_out``)
+  to the internal name, which :meth:`TranscoderSet.input_hook` and the replacement model use.
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ ACTIVATIONS = ("relu", "jumprelu", "topk")
 KINDS = ("transcoder", "cross_layer_transcoder")
 INPUT_HOOK = "hook_mlp_in"
 OUTPUT_HOOK = "hook_mlp_out"
+INPUT_HOOKS = (INPUT_HOOK, "hook_resid_mid", "mlp.hook_in")
+"""Names of the MLP input before its norm (the same tensor for sequential blocks)."""
+OUTPUT_HOOKS = (OUTPUT_HOOK, "mlp.hook_out")
+"""Names of the MLP block's output."""
+
+
+def canonical_hook(name: str) -> str:
+    """The internal name (:data:`INPUT_HOOK` / :data:`OUTPUT_HOOK`) for any spelling of the MLP
+    input or output; other names come back unchanged."""
+    if name in INPUT_HOOKS:
+        return INPUT_HOOK
+    if name in OUTPUT_HOOKS:
+        return OUTPUT_HOOK
+    return name
 
 
 class TranscoderError(CircuitdError, ValueError):
@@ -391,13 +407,24 @@ class TranscoderSet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self._any.W_enc.dtype
 
+    @property
+    def input_site(self) -> str:
+        """The input hook under its internal name (:func:`canonical_hook`)."""
+        return canonical_hook(self.feature_input_hook)
+
+    @property
+    def output_site(self) -> str:
+        """The output hook under its internal name (:func:`canonical_hook`)."""
+        return canonical_hook(self.feature_output_hook)
+
     def input_hook(self, layer: int) -> str:
-        """Full hook name the features of ``layer`` read, e.g. ``blocks.3.hook_mlp_in``."""
-        return f"blocks.{layer}.{self.feature_input_hook}"
+        """Full hook name the features of ``layer`` read, e.g. ``blocks.3.hook_mlp_in``
+        (internal name, whatever spelling the config used)."""
+        return f"blocks.{layer}.{self.input_site}"
 
     def output_hook(self, layer: int) -> str:
         """Full hook name whose value ``layer``'s reconstruction approximates."""
-        return f"blocks.{layer}.{self.feature_output_hook}"
+        return f"blocks.{layer}.{self.output_site}"
 
     def transcoder(self, layer: int) -> Transcoder:
         """The per-layer transcoder of ``layer`` (per-layer sets only)."""

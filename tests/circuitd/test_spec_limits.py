@@ -166,7 +166,7 @@ def test_build_task_uses_the_spec_task_params() -> None:
         ({"threshold": float("inf")}, "params.threshold: Input should be a finite number"),
         ({"threshold": float("nan")}, "params.threshold: Input should be a finite number"),
         ({"threshold": -1.0}, "params.threshold: Input should be greater than or equal to 0"),
-        ({"top_n": 200_001}, "params.top_n: 200001 exceeds the limit of 200000 (CIRCUITD_MAX_EDGES)"),
+        ({"top_n": 1_000_001}, "params.top_n: 1000001 exceeds the limit of 1000000 (CIRCUITD_MAX_EDGES)"),
         ({"ig_steps": 65}, "params.ig_steps: 65 exceeds the limit of 64 (CIRCUITD_MAX_IG_STEPS)"),
     ],
 )
@@ -181,7 +181,7 @@ def test_edge_method_params_are_bounded(params: dict[str, Any], line: str) -> No
         ({"tau": float("nan")}, "params.tau: every tau must be finite and >= 0 (got nan)"),
         ({"tau": [0.01] * 65}, "params.tau: List should have at most 64 items after validation, not 65"),
         ({"prefilter_top_n": 10**9},
-         "params.prefilter_top_n: 1000000000 exceeds the limit of 200000 (CIRCUITD_MAX_EDGES)"),
+         "params.prefilter_top_n: 1000000000 exceeds the limit of 1000000 (CIRCUITD_MAX_EDGES)"),
         ({"prefilter_threshold": float("inf")},
          "params.prefilter_threshold: Input should be a finite number"),
         ({"ig_steps": 1000}, "params.ig_steps: 1000 exceeds the limit of 64 (CIRCUITD_MAX_IG_STEPS)"),
