@@ -8,6 +8,7 @@ them between jobs, at most ``CIRCUITD_MODEL_CACHE_SIZE`` of them (least recently
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,15 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def model_config(model_id: str) -> dict[str, Any]:
     """HookedTransformerConfig fields of a model, without loading its weights (hub models: the
     config is fetched, nothing else; Hugging Face checkpoint directories: converted by
-    TransformerLens from ``config.json``, never passed raw to HookedTransformerConfig)."""
-    ref = parse_model_id(model_id)
+    TransformerLens from ``config.json``, never passed raw to HookedTransformerConfig).
+
+    Kept per model, like the models themselves: every job sizes its model before loading it,
+    and a hub config is a network round trip."""
+    return dict(_config_of(parse_model_id(model_id)))
+
+
+@lru_cache(maxsize=64)
+def _config_of(ref: ModelRef) -> dict[str, Any]:
     if ref.kind == "random":
         return dict(RANDOM_PRESETS[ref.name], seed=ref.seed)
     if _is_hf_dir(ref):
@@ -189,3 +197,4 @@ def cached_models() -> list[tuple[str, str, str]]:
 
 def clear_cache() -> None:
     _CACHE.clear()
+    _config_of.cache_clear()

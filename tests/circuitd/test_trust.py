@@ -346,6 +346,32 @@ def test_hub_model_refused_from_its_config_without_downloading(no_network: None)
     )
 
 
+def test_a_models_config_is_read_once_for_sizing_and_loading(
+    monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    """Every job sizes its model from the config before loading it: a hub config (a network round
+    trip) is fetched once per model, not once per job and again for the load."""
+    from circuitd.models import loading
+
+    calls: list[str] = []
+    real = loading.pretrained_config
+
+    def counted(name: str) -> dict[str, object]:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(loading, "pretrained_config", counted)
+    registry.clear_cache()
+    for _ in range(3):
+        assert registry.model_shape("llama-7b").n_layers == 32
+        with pytest.raises(ModelError, match="6.74e"):
+            registry.load_model("llama-7b")
+    assert calls == ["llama-7b"]
+    config = registry.model_config("llama-7b")
+    config["n_layers"] = 1  # callers get their own copy
+    assert registry.model_config("llama-7b")["n_layers"] == 32
+
+
 def test_edge_cap_checked_before_the_model_loads(
     env: pytest.MonkeyPatch, tmp_path: Path, weights_never_read: list[str]
 ) -> None:
