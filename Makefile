@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint openapi demo clean
+.PHONY: install test test-fast lint openapi demo conformance clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # ruff; the import arrows (import-linter contracts in pyproject.toml); the type checker
 # (basedpyright: basic everywhere, strict for graphs/, api/ and the job spec).
 lint: install
-	$(BIN)/ruff check circuitd graphs workers api tests bench
+	$(BIN)/ruff check circuitd graphs workers api tests bench conformance
 	$(BIN)/lint-imports
 	$(BIN)/basedpyright
 
@@ -42,6 +42,25 @@ openapi: install
 # port and a temporary data dir, submit, watch, download, summary; stops it afterwards.
 demo: install
 	BIN=$(BIN) bash scripts/demo.sh
+
+# The peer tools pin TransformerLens 2.x, which cannot share circuitd's venv: they get their own.
+PEERS ?= .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP):
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PEERS)/bin/pip install -q transformer-lens==2.18.0 transformers==4.57.3 auto-circuit==1.0.1 \
+		circuit-tracer==0.5.0 "numpy<2" "pyarrow<21" attrs
+	touch $(PEERS_STAMP)
+
+# circuitd against auto-circuit (EAP, ACDC) and circuit-tracer (attribution graphs) on the same
+# seeded random model and task: every comparison, then one line of time ratios circuitd / peer
+# (`eap_vs_autocircuit=X acdc_vs_autocircuit=Y attribution_vs_circuittracer=Z`); fails when a
+# comparison does. Options: make conformance CONFORMANCE_ARGS="--threads 2 --repeats 9".
+CONFORMANCE_ARGS ?=
+conformance: install $(PEERS_STAMP)
+	$(BIN)/python conformance/run.py --peers $(PEERS) $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-circuit.json

@@ -6,69 +6,26 @@ deleted job is forgotten (``forget``). Cached graphs are shared between requests
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Generic, TypeAlias, TypeVar
+from typing import TypeAlias
 
 import networkx as nx
 from fastapi import HTTPException, status
 
+from circuitd.lru import LRU
 from circuitd.settings import get_settings
 from circuitd.store import Job, JobStatus, Store
 from graphs import attribution_queries as aq
 from graphs import from_node_link
 
-K = TypeVar("K")
-V = TypeVar("V")
 Graph: TypeAlias = "nx.MultiDiGraph[str] | nx.DiGraph[str]"
 ViewKey = tuple[str, float, float]  # job id, node threshold, edge threshold
-
-
-class Lru(Generic[K, V]):
-    """At most ``size`` items, the least recently used dropped first. Thread-safe."""
-
-    def __init__(self, size: int):
-        self.size = max(0, size)
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-            return hit
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
-        """The cached value, or ``make()`` stored (made outside the lock: two may race; both agree)."""
-        hit = self.get(key)
-        if hit is None:
-            hit = make()
-            self.put(key, hit)
-        return hit
-
-    def forget(self, drop: Callable[[K], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self._items if drop(k)]:
-                del self._items[key]
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class GraphCache:
     """Decompressed graphs of succeeded jobs with their stored bytes, most recently used kept."""
 
     def __init__(self, size: int = 32):
-        self._lru: Lru[str, tuple[bytes, Graph]] = Lru(size)
+        self._lru: LRU[str, tuple[bytes, Graph]] = LRU(size)
 
     def get(self, st: Store, job: Job) -> tuple[bytes, Graph]:
         if job.status != JobStatus.succeeded:
@@ -93,8 +50,8 @@ class PrunedViews:
     thresholds; also their Neuronpedia documents, which prune the same way."""
 
     def __init__(self, size: int):
-        self.graphs: Lru[ViewKey, nx.DiGraph[str]] = Lru(size)
-        self.neuronpedia: Lru[ViewKey, bytes] = Lru(size)
+        self.graphs: LRU[ViewKey, nx.DiGraph[str]] = LRU(size)
+        self.neuronpedia: LRU[ViewKey, bytes] = LRU(size)
 
     @staticmethod
     def key(job_id: str, full: nx.DiGraph[str], node_threshold: float | None,

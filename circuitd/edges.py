@@ -4,15 +4,27 @@ Sources are ordered ``input, a0.h0 .. a0.h{H-1}, m0, a1.h0, ...``, so the source
 destination may read always form a prefix of that list. Destinations come in groups in
 forward order (the heads' q/k/v inputs of a layer, the layer's MLP input, then the
 logits); a group's edges are one contiguous block of the flat edge index, laid out as
-``[qkv, head, source]`` for attention, ``[source]`` for an MLP or the logits. The flat
-index is what every method scores and every mask covers.
+``[destination, source]``: for attention the destinations are the q inputs of every head,
+then the k inputs, then the v inputs (``[qkv, head, source]``), for an MLP or the logits
+the one input. The flat index is what every method scores and every mask covers.
+
+Grouped-query attention (``n_key_value_heads`` < ``n_heads``): by default (``kv_heads=
+"grouped"``) the k and v destinations are the key/value heads, ``a{l}.kv{g}<k>`` and
+``a{l}.kv{g}<v>``, one input each that every query head of group g reads (heads ``g*r ..
+g*r+r-1``, ``r = n_heads // n_key_value_heads``: TransformerLens's ``repeat_interleave``
+order), so an attention block has ``n_heads + 2 * n_key_value_heads`` destinations per
+source. ``kv_heads="per-query"`` gives every query head its own k and v input, as
+TransformerLens's ``ungroup_grouped_query_attention`` (and EAP-IG) do: the model run as
+multi-head attention with each key/value head's weights repeated. Without the q/k/v split
+a head's one input feeds its q, k and v together and cannot be shared: such graphs are
+always per query head.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -20,10 +32,26 @@ if TYPE_CHECKING:
     from circuitd.models.adapter import ModelShape
 
 QKV = ("q", "k", "v")
+KVHeads = Literal["grouped", "per-query"]
+KV_HEADS: tuple[KVHeads, ...] = ("grouped", "per-query")
 
 
 def head_name(layer: int, head: int) -> str:
     return f"a{layer}.h{head}"
+
+
+def kv_name(layer: int, group: int) -> str:
+    """A key/value head of a grouped-query layer, as a destination (``a{l}.kv{g}``)."""
+    return f"a{layer}.kv{group}"
+
+
+def kv_grouped(shape: ModelShape, split_qkv: bool, kv_heads: KVHeads) -> bool:
+    """Whether k/v destinations are per key/value head: a grouped-query model, q/k/v split
+    (one shared input per head cannot be grouped) and ``kv_heads="grouped"``."""
+    if kv_heads not in KV_HEADS:
+        raise ValueError(f"kv_heads: '{kv_heads}' is not one of {', '.join(KV_HEADS)}")
+    n_kv = shape.n_key_value_heads or shape.n_heads
+    return split_qkv and kv_heads == "grouped" and n_kv < shape.n_heads
 
 
 def mlp_name(layer: int) -> str:
@@ -40,10 +68,34 @@ class DestGroup:
     offset: int  # first edge of the block in the flat index
     n_qkv: int = 1  # 3 when q/k/v are split (attention only)
     n_heads: int = 1  # heads of the layer (attention only)
+    n_kv: int = 0  # k and v destinations each when split (0: n_heads; fewer when grouped)
+
+    @property
+    def kv_rows(self) -> int:
+        return self.n_kv or self.n_heads
 
     @property
     def n_dest(self) -> int:
-        return self.n_qkv * self.n_heads
+        return self.n_heads + 2 * self.kv_rows if self.n_qkv == 3 else self.n_heads
+
+    def part(self, x: int) -> tuple[int, int]:
+        """(first destination, count) of the q (0), k (1) or v (2) inputs of an attention
+        group; without the q/k/v split every part is the heads' one input."""
+        if self.n_qkv == 1 or x == 0:
+            return 0, self.n_heads
+        return self.n_heads + (x - 1) * self.kv_rows, self.kv_rows
+
+    def qkv_of(self, dest: int) -> tuple[int, int]:
+        """(part 0/1/2, index within the part: head or key/value head) of ``dest``."""
+        if self.n_qkv == 1 or dest < self.n_heads:
+            return 0, dest
+        x, i = divmod(dest - self.n_heads, self.kv_rows)
+        return 1 + x, i
+
+    @property
+    def group_size(self) -> int:
+        """Query heads that read one k/v destination (1 unless grouped)."""
+        return self.n_heads // self.kv_rows
 
     @property
     def n_edges(self) -> int:
@@ -60,6 +112,7 @@ class EdgeGraph:
 
     shape: ModelShape
     split_qkv: bool = True
+    kv_heads: KVHeads = "grouped"  # only grouped-query models differ (module docstring)
     groups: tuple[DestGroup, ...] = field(init=False)
     sources: tuple[str, ...] = field(init=False)
 
@@ -73,9 +126,10 @@ class EdgeGraph:
         groups: list[DestGroup] = []
         offset = 0
         per_layer = s.n_heads + (0 if s.attn_only else 1)
+        n_kv = s.n_key_value_heads if self.kv_grouped else 0
         for layer in range(s.n_layers):
             attn = DestGroup(
-                "attn", layer, 1 + layer * per_layer, offset, 3 if self.split_qkv else 1, s.n_heads
+                "attn", layer, 1 + layer * per_layer, offset, 3 if self.split_qkv else 1, s.n_heads, n_kv
             )
             groups.append(attn)
             offset = attn.stop
@@ -87,6 +141,23 @@ class EdgeGraph:
         groups.append(DestGroup("logits", -1, len(sources), offset))
         object.__setattr__(self, "sources", tuple(sources))
         object.__setattr__(self, "groups", tuple(groups))
+
+    @property
+    def kv_grouped(self) -> bool:
+        """Whether k/v destinations are per key/value head (see :func:`kv_grouped`)."""
+        return kv_grouped(self.shape, self.split_qkv, self.kv_heads)
+
+    def layout(self) -> dict[str, object]:
+        """What a reader of the edge names needs to know (recorded in graph files): the
+        q/k/v split, the k/v layout and the head counts that map a key/value head to its
+        query heads."""
+        s = self.shape
+        return {
+            "split_qkv": self.split_qkv,
+            "kv_heads": "grouped" if self.kv_grouped else "per-query",
+            "n_heads": s.n_heads,
+            "n_key_value_heads": s.n_key_value_heads or s.n_heads,
+        }
 
     @property
     def n_sources(self) -> int:
@@ -109,34 +180,57 @@ class EdgeGraph:
     def mlp_source(self, layer: int) -> int:
         return self.head_source(layer, 0) + self.shape.n_heads
 
-    def dest_of(self, group: DestGroup, dest: int) -> tuple[int, str]:
-        """(node index, destination name) of destination ``dest`` within ``group``."""
+    def dest_of(self, group: DestGroup, dest: int) -> tuple[tuple[int, ...], str]:
+        """(node indices, destination name) of destination ``dest`` within ``group``: one
+        node, or for a key/value head every query head of its group."""
         if group.kind == "logits":
-            return self.n_sources, "logits"
+            return (self.n_sources,), "logits"
         if group.kind == "mlp":
-            return self.mlp_source(group.layer), mlp_name(group.layer)
-        qkv, head = divmod(dest, group.n_heads)
-        name = head_name(group.layer, head)
-        node = self.head_source(group.layer, head)
-        return node, f"{name}<{QKV[qkv]}>" if self.split_qkv else name
+            return (self.mlp_source(group.layer),), mlp_name(group.layer)
+        x, i = group.qkv_of(dest)
+        if not self.split_qkv:
+            return (self.head_source(group.layer, i),), head_name(group.layer, i)
+        if x > 0 and self.kv_grouped:
+            r = group.group_size
+            nodes = tuple(self.head_source(group.layer, h) for h in range(i * r, (i + 1) * r))
+            return nodes, f"{kv_name(group.layer, i)}<{QKV[x]}>"
+        return (self.head_source(group.layer, i),), f"{head_name(group.layer, i)}<{QKV[x]}>"
 
     @cached_property
     def edge_table(self) -> tuple[list[str], list[int], list[int], list[str | None]]:
-        """Per edge: canonical name, source node, destination node, q/k/v key (or None)."""
+        """Per edge: canonical name, source node, destination node, q/k/v key (or None).
+        The destination node of an edge into a key/value head is its group's first query
+        head; :attr:`dest_incidence` has every node an edge reaches."""
         names: list[str] = []
         src: list[int] = []
         dst: list[int] = []
         keys: list[str | None] = []
         for g in self.groups:
             for d in range(g.n_dest):
-                node, dname = self.dest_of(g, d)
-                key = QKV[d // g.n_heads] if g.kind == "attn" and self.split_qkv else None
+                nodes, dname = self.dest_of(g, d)
+                key = QKV[g.qkv_of(d)[0]] if g.kind == "attn" and self.split_qkv else None
                 for s in range(g.n_src):
                     names.append(f"{self.sources[s]}->{dname}")
                     src.append(s)
-                    dst.append(node)
+                    dst.append(nodes[0])
                     keys.append(key)
         return names, src, dst, keys
+
+    @cached_property
+    def dest_incidence(self) -> tuple[list[int], list[int]]:
+        """(edge, node) pairs: every destination node each edge reaches (one pair per edge,
+        except r pairs for an edge into a key/value head of r query heads). Node-level
+        views (dangling nodes, liveness, paths) read destinations from these."""
+        edges: list[int] = []
+        nodes: list[int] = []
+        for g in self.groups:
+            for d in range(g.n_dest):
+                reached, _ = self.dest_of(g, d)
+                first = g.offset + d * g.n_src
+                for node in reached:
+                    edges += range(first, first + g.n_src)
+                    nodes += [node] * g.n_src
+        return edges, nodes
 
     @property
     def edge_names(self) -> list[str]:
@@ -157,20 +251,30 @@ class EdgeGraph:
 
     def group_view(self, masks: torch.Tensor, group: DestGroup) -> torch.Tensor:
         """The block of ``masks [..., n_edges]`` that feeds ``group``, shaped
-        ``[..., n_qkv, n_heads, n_src]`` for attention and ``[..., n_src]`` otherwise."""
+        ``[..., n_dest, n_src]`` for attention and ``[..., n_src]`` otherwise."""
         block = masks[..., group.offset : group.stop]
         if group.kind == "attn":
-            return block.reshape(*masks.shape[:-1], group.n_qkv, group.n_heads, group.n_src)
+            return block.reshape(*masks.shape[:-1], group.n_dest, group.n_src)
         return block
 
+    def part_view(self, masks: torch.Tensor, group: DestGroup, x: int) -> torch.Tensor:
+        """The edges of ``masks [..., n_edges]`` into the q (0), k (1) or v (2) inputs of
+        attention ``group``: ``[..., heads or key/value heads, n_src]``, in the order of the
+        hook point's head axis."""
+        first, n = group.part(x)
+        return self.group_view(masks, group)[..., first : first + n, :]
 
-def count_edges(shape: ModelShape, split_qkv: bool = True) -> int:
+
+def count_edges(shape: ModelShape, split_qkv: bool = True, kv_heads: KVHeads = "grouped") -> int:
     """The closed-form edge count (tests check it against the enumeration)."""
     L, H = shape.n_layers, shape.n_heads
-    s = 3 if split_qkv else 1
+    if kv_grouped(shape, split_qkv, kv_heads):
+        dests = H + 2 * shape.n_key_value_heads  # attention destinations per source
+    else:
+        dests = 3 * H if split_qkv else H
     logits = 1 + L * H
     if shape.attn_only:
-        return s * H * (L + H * L * (L - 1) // 2) + logits
+        return dests * (L + H * L * (L - 1) // 2) + logits
     mlp_heads = H * L * (L - 1) // 2 if shape.parallel_attn_mlp else H * L * (L + 1) // 2
     mlp = L + mlp_heads + L * (L - 1) // 2
-    return s * H * (L + (H + 1) * L * (L - 1) // 2) + mlp + logits + L
+    return dests * (L + (H + 1) * L * (L - 1) // 2) + mlp + logits + L

@@ -16,3 +16,10 @@ class TaskError(CircuitdError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most
+    ``limit`` characters: what a one-line error quotes from a library's long traceback text."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -1,6 +1,17 @@
-"""A loaded-object cache for workers: models and transcoder sets kept between jobs, at most a
-setting's number of them, the least recently used dropped first (and its GPU memory returned).
-Imports no torch unless something on a GPU is dropped."""
+"""One least-recently-used cache for everything circuitd keeps between jobs or requests: loaded
+models and transcoder sets in workers, decompressed graphs and re-pruned views in the API.
+
+Two behaviours differ between those users and are options, not copies of the class:
+
+* ``serial=True`` (workers): values are made under the lock, so two jobs asking for one model
+  load it once, and room is made *before* the load, since the new model may need the memory
+  of the one it replaces; ``False`` (API): values are made outside the lock, so one slow
+  re-prune never blocks other requests (two may race for one key; both make the same value).
+* ``on_drop``: called with the values dropped by an eviction (workers return CUDA memory:
+  :func:`circuitd.gpu_memory.free_cuda_of`).
+
+Imports no torch (the API uses it).
+"""
 
 from __future__ import annotations
 
@@ -14,28 +25,64 @@ V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """``get(key, load)``: the cached value, or ``load()``'s, kept. ``capacity`` is read on every
-    load (tests change the settings); 0 keeps nothing. Loads are serialised: two jobs asking for
-    one model load it once. ``device_of`` names a value's device, so that dropping a CUDA value
-    empties the CUDA cache."""
+    """At most ``capacity`` values, the least recently used dropped first; thread-safe.
+    ``capacity`` may be a callable, read at every insertion (tests change the settings);
+    0 keeps nothing."""
 
-    def __init__(self, capacity: Callable[[], int], device_of: Callable[[V], str]):
+    def __init__(
+        self,
+        capacity: int | Callable[[], int],
+        *,
+        serial: bool = False,
+        on_drop: Callable[[list[V]], None] | None = None,
+    ):
         self._capacity = capacity
-        self._device_of = device_of
+        self._serial = serial
+        self._on_drop = on_drop
         self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    def get(self, key: K, load: Callable[[], V]) -> V:
+    @property
+    def capacity(self) -> int:
+        return max(self._capacity() if callable(self._capacity) else self._capacity, 0)
+
+    def get(self, key: K) -> V | None:
+        """The cached value (now the most recent), or None."""
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            capacity = max(self._capacity(), 0)
-            self._evict(max(capacity - 1, 0))  # room first: the new value may need the memory
-            value = load()
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            capacity = self.capacity
             if capacity:
                 self._items[key] = value
+                self._items.move_to_end(key)
+            self._evict(capacity)
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        """The cached value, or ``make()``'s, kept (see the module docstring for ``serial``)."""
+        if not self._serial:
+            hit = self.get(key)
+            if hit is None:
+                hit = make()
+                self.put(key, hit)
+            return hit
+        with self._lock:
+            hit = self.get(key)
+            if hit is not None:
+                return hit
+            self._evict(max(self.capacity - 1, 0))  # room first
+            value = make()
+            self.put(key, value)
             return value
+
+    def forget(self, drop: Callable[[K], bool]) -> None:
+        """Drop every entry whose key ``drop`` selects."""
+        with self._lock:
+            self._drop([self._items.pop(k) for k in [k for k in self._items if drop(k)]])
 
     def keys(self) -> list[K]:
         """Keys, least recently used first."""
@@ -46,16 +93,16 @@ class LRU(Generic[K, V]):
         with self._lock:
             self._evict(0)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def _evict(self, keep: int) -> None:
-        devices = set()
+        dropped = []
         while len(self._items) > keep:
-            _, value = self._items.popitem(last=False)
-            devices.add(self._device_of(value))
-            del value
-        if any(d.startswith("cuda") for d in devices):
-            import gc
+            dropped.append(self._items.popitem(last=False)[1])
+        self._drop(dropped)
 
-            import torch
+    def _drop(self, values: list[V]) -> None:
+        if values and self._on_drop is not None:
+            self._on_drop(values)
 
-            gc.collect()  # a dropped model's tensors may sit in reference cycles
-            torch.cuda.empty_cache()

@@ -25,18 +25,21 @@ def above_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
 def prune_dangling(graph: EdgeGraph, keep: torch.Tensor) -> torch.Tensor:
     """Drop, until nothing changes, nodes without incoming edges (except ``input``), nodes
     without outgoing edges (except ``logits``) and the edges that touch them."""
-    _, src, dst, _ = graph.edge_table
-    src_t = torch.tensor(src, device=keep.device)
-    dst_t = torch.tensor(dst, device=keep.device)
+    src_t = torch.tensor(graph.edge_table[1], device=keep.device)
+    # an edge into a key/value head reaches each query head of its group: it gives each an
+    # incoming edge, and stays while any of them is alive
+    inc_edge, inc_node = (torch.tensor(t, device=keep.device) for t in graph.dest_incidence)
     n_nodes = len(graph.nodes)
     keep = keep.clone()
     while True:
-        has_in = torch.bincount(dst_t[keep], minlength=n_nodes) > 0
+        has_in = torch.bincount(inc_node[keep[inc_edge]], minlength=n_nodes) > 0
         has_out = torch.bincount(src_t[keep], minlength=n_nodes) > 0
         has_in[0] = True  # input
         has_out[-1] = True  # logits
         alive = has_in & has_out
-        new = keep & alive[src_t] & alive[dst_t]
+        reached = torch.zeros(keep.shape, dtype=torch.long, device=keep.device)
+        reached.index_add_(0, inc_edge, alive[inc_node].long())
+        new = keep & alive[src_t] & (reached > 0)
         if torch.equal(new, keep):
             return keep
         keep = new

@@ -15,6 +15,11 @@ files and this writer use ``{"in_graph": bool}``; the reader takes both.
 
 Mapping to circuitd:
 
+* grouped-query models: EAP-IG (and MIB) name k/v edges per query head, as TransformerLens's
+  ungrouped attention runs them. A circuitd graph whose k/v edges are per key/value head
+  (``a1.kv0<k>``, ``kv_heads=grouped``) is refused with one line: find the circuit with
+  ``kv_heads=per-query`` instead (splitting a key/value head's score over its query heads
+  would invent per-head scores the method never computed).
 * q/k/v: EAP-IG always splits them. A circuitd graph found with ``--no-split-qkv`` (edges
   ``a0.h1->a2.h3`` without a key) is written as the three q/k/v edges, each with the edge's
   score and ``in_graph``; read back it stays split.
@@ -43,7 +48,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from graphs.edge_circuit import build_edge_circuit, split_edge_name
+from graphs.edge_circuit import KV_HEAD, build_edge_circuit, split_edge_name
 
 QKV = ("q", "k", "v")
 SOURCE_FORMAT = "eap-ig"
@@ -142,6 +147,11 @@ def to_eap_ig(
         name = str(attrs["name"])
         value = (float(attrs.get("score", 0.0)), bool(attrs.get("in_circuit", True)))
         src, dst, key = split_edge_name(name)
+        if KV_HEAD.match(dst):
+            raise ValueError(
+                f"graph: edge '{name}' is into a key/value head (kv_heads=grouped); EAP-IG/MIB graphs "
+                "have per-query-head k/v edges: find the circuit with kv_heads=per-query"
+            )
         targets = [f"{src}->{dst}<{q}>" for q in QKV] if key is None and _HEAD.match(dst) else [name]
         for target in targets:
             if target not in known:

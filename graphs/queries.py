@@ -60,9 +60,26 @@ def circuit_only(graph: _G) -> _G:
     return _edges_where(graph, lambda d: d.get("in_circuit", True))
 
 
+_Edge = tuple[str, str, Any, dict[str, Any]]
+
+
+def _once(edges: Iterator[_Edge]) -> Iterator[_Edge]:
+    """Each edge once: an edge into a key/value head is drawn into each query head of its group
+    (``kv_head``, :mod:`graphs.edge_circuit`); the first copy stands for it."""
+    seen: set[str] = set()
+    for e in edges:
+        if "kv_head" in e[3]:
+            if e[3]["name"] in seen:
+                continue
+            seen.add(e[3]["name"])
+        yield e
+
+
 def top_edges(graph: nx.DiGraph[str], n: int = 20) -> list[dict[str, Any]]:
     """The ``n`` edges of largest |score|, strongest first (ties by name, so the order is stable)."""
-    ranked = sorted(_edges(graph), key=lambda e: (-abs(e[3].get("score", 0.0) or 0.0), e[3].get("name", "")))
+    ranked = sorted(
+        _once(_edges(graph)), key=lambda e: (-abs(e[3].get("score", 0.0) or 0.0), e[3].get("name", ""))
+    )
     return [edge_record(*e) for e in ranked[:n]]
 
 

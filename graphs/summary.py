@@ -58,7 +58,9 @@ def summarize(graph: nx.MultiDiGraph[str] | nx.DiGraph[str], top: int = 10) -> s
     ]
     if "cpr" in m:
         lines.append(f"CPR: {_fmt(m['cpr'])}   CMD: {_fmt(m['cmd'])}")
-    strongest = sorted(kept, key=lambda e: -abs(e[2].get("score", 0.0)))[:top]
+    once = {d.get("name", (u, v, i)): (u, v, d) for i, (u, v, d) in enumerate(kept)}  # a k/v edge of a
+    # key/value head is drawn into each query head of its group: listed once
+    strongest = sorted(once.values(), key=lambda e: -abs(e[2].get("score", 0.0)))[:top]
     if strongest:
         lines.append(f"top {len(strongest)} edges by |score|:")
         lines += [f"  {d['name']:<28} {d.get('score', 0.0):+.4g}" for _, _, d in strongest]

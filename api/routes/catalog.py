@@ -35,7 +35,11 @@ def models() -> dict[str, Any]:
         "id_forms": {
             "zoo:<name>": "a model shipped with circuitd",
             "random:<preset>[@seed]": "seeded random weights of a preset's shape",
-            "local:<dir>": "config.json + model.safetensors (+ tokenizer.json) on the worker's disk",
+            "local:<dir>": (
+                "a directory on the worker's disk: circuitd's config.json + model.safetensors "
+                "(+ tokenizer.json), or a Hugging Face checkpoint (config.json, weights whole or "
+                "sharded, its tokenizer)"
+            ),
             "<TransformerLens name>": "e.g. gpt2-small; the worker needs the model hub or its cache",
         },
     }

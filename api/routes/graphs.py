@@ -105,7 +105,10 @@ def get_graph(
         if attribution:
             detail = "format: eap-ig is for edge circuits, not attribution graphs"
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail)
-        return _json(to_eap_ig(full))  # every edge with its score and in_graph, whatever all_edges says
+        try:  # every edge with its score and in_graph, whatever all_edges says
+            return _json(to_eap_ig(full))
+        except ValueError as exc:  # k/v edges per key/value head have no EAP-IG names
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     if format == "neuronpedia":
         key = views.key(job.id, full, node_threshold, edge_threshold)
         body = views.neuronpedia.get_or_make(key, lambda: _neuronpedia(full, *key))

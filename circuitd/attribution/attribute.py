@@ -13,6 +13,12 @@ Nodes (order features, errors, tokens, logits, as :mod:`graphs.attribution_graph
 Position 0 (BOS) has no feature or error nodes: its features and errors are set to zero as
 sources (the forward pass itself is untouched), so their contribution is credited to no node.
 
+``convention="circuit-tracer"`` gives circuit-tracer's graph (0.5.0) of the same replacement
+model instead, node for node: token vectors are the token embedding alone (``hook_embed``; the
+positional embedding is then credited to no node, like a bias), every position has error nodes
+(those at position 0 have zero vectors), and the logits are chosen with probabilities in the
+logits' own dtype (circuit-tracer's float32 softmax and cumulative sum), not in float64.
+
 ``A[target, source]`` = the source's vector (feature: ``activation × decoder row``, every
 decoder of a cross-layer feature; error: its error vector; token: its vector) carried through
 the frozen linear model to the target's input and dotted with the target's read vector: a
@@ -35,6 +41,7 @@ import torch
 from torch import Tensor
 
 from circuitd.attribution.replacement import AttributionError, FrozenRun, ReplacementContext
+from circuitd.names import ATTRIBUTION_CONVENTIONS, AttributionConvention
 from graphs.attribution_graph import (
     AttributionGraph,
     Node,
@@ -45,20 +52,29 @@ from graphs.attribution_graph import (
 )
 
 
-def select_logits(logits: Tensor, p: float = 0.95, max_logits: int = 10) -> tuple[list[int], list[float]]:
+def _check_convention(convention: str) -> None:
+    """Refuse a convention other than circuitd's and circuit-tracer's (module docstring)."""
+    if convention not in ATTRIBUTION_CONVENTIONS:
+        raise AttributionError(
+            f"convention: expected one of {', '.join(ATTRIBUTION_CONVENTIONS)}, got {convention!r}"
+        )
+
+
+def _probabilities(logits: Tensor, convention: AttributionConvention) -> Tensor:
+    """Softmax of ``logits [V]``: float64 (circuitd), or the logits' dtype as circuit-tracer
+    computes it, so that the same tokens are chosen at the boundary of ``p``."""
+    return (logits.double() if convention == "circuitd" else logits).softmax(-1)
+
+
+def select_logits(
+    logits: Tensor, p: float = 0.95, max_logits: int = 10, convention: AttributionConvention = "circuitd"
+) -> tuple[list[int], list[float]]:
     """Top tokens of one position's ``logits [V]`` until cumulative probability reaches ``p``
     (at most ``max_logits``), with their probabilities."""
-    probs = logits.double().softmax(-1)
-    top = probs.topk(min(max_logits, probs.numel()))
-    ids, ps = [], []
-    total = 0.0
-    for prob, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-        ids.append(int(idx))
-        ps.append(float(prob))
-        total += prob
-        if total >= p:
-            break
-    return ids, ps
+    top = _probabilities(logits, convention).topk(min(max_logits, logits.numel()))
+    below = int((top.values.cumsum(0) < p).sum())  # the cumulative sum never falls
+    n = min(below + 1, top.values.numel())
+    return [int(i) for i in top.indices[:n].tolist()], [float(q) for q in top.values[:n].tolist()]
 
 
 @dataclass
@@ -70,6 +86,7 @@ class Attribution:
     nodes: list[Node]
     adjacency: Tensor  # [n, n] float64
     backward_passes: int = 0
+    convention: AttributionConvention = "circuitd"
 
     def graph(self, prompt: str = "", meta: dict[str, Any] | None = None) -> AttributionGraph:
         return AttributionGraph(
@@ -95,30 +112,31 @@ def build_nodes(
     p: float = 0.95,
     max_logits: int = 10,
     logit_diff: tuple[int, int] | None = None,
+    convention: AttributionConvention = "circuitd",
 ) -> list[Node]:
     """The graph's nodes in the required order (see the module docstring). Targets: the top
     logits up to probability ``p`` (at most ``max_logits``), or the tokens ``logit_ids``, or
-    one logit-difference node ``logit_diff = (correct, incorrect)`` of weight 1."""
+    one logit-difference node ``logit_diff = (correct, incorrect)`` of weight 1. Under the
+    ``circuit-tracer`` convention position 0 has error nodes too."""
+    _check_convention(convention)
     feats = active_features(ctx)
+    acts = ctx.activations[feats[:, 0], feats[:, 1], feats[:, 2]].tolist()  # one read, not one per node
     nodes = [
-        Node(
-            "feature",
-            pos=int(pos),
-            layer=int(layer),
-            index=int(f),
-            activation=float(ctx.activations[layer, pos, f]),
-        )
-        for layer, pos, f in feats.tolist()
+        Node("feature", pos=int(pos), layer=int(layer), index=int(f), activation=float(a))
+        for (layer, pos, f), a in zip(feats.tolist(), acts, strict=True)
     ]
+    first = 0 if convention == "circuit-tracer" else 1
     nodes += [
-        Node("error", pos=pos, layer=layer) for layer in range(ctx.n_layers) for pos in range(1, ctx.n_pos)
+        Node("error", pos=pos, layer=layer)
+        for layer in range(ctx.n_layers)
+        for pos in range(first, ctx.n_pos)
     ]
     tok = ctx.adapter.tokenizer
     for pos, t in enumerate(ctx.tokens.tolist()):
         tok_text = tok.decode([t]) if tok is not None else None
         nodes.append(Node("token", pos=pos, index=int(t), token=tok_text))
     last = ctx.logits[-1]
-    probs = last.double().softmax(-1)
+    probs = _probabilities(last, convention)
 
     def text(i: int) -> str | None:
         return tok.decode([i]) if tok is not None else None
@@ -130,7 +148,7 @@ def build_nodes(
         label = f"{text(good)} − {text(bad)}" if tok is not None else None
         return nodes + [Node("logit", pos=ctx.n_pos - 1, index=good, prob=1.0, token=label, contrast=bad)]
     if logit_ids is None:
-        ids, ps = select_logits(last, p, max_logits)
+        ids, ps = select_logits(last, p, max_logits, convention)
     else:
         ids = [int(i) for i in logit_ids]
         ps = [float(probs[i]) for i in ids]
@@ -142,15 +160,26 @@ def build_nodes(
 
 def _readouts(ctx: ReplacementContext, run: FrozenRun, targets: Sequence[Node]) -> Tensor:
     """Each batch row's own target read-out ``[B]``: row b of ``run`` read by ``targets[b]``
-    (a feature's pre-activation, a logit's demeaned logit at its position)."""
-    vals = []
+    (a feature's pre-activation, a logit's demeaned logit at its position); features are read
+    one layer at a time, by their encoder rows alone."""
+    by_layer: dict[int, list[int]] = {}
+    rows: list[int] = []
+    parts: list[Tensor] = []
     for b, t in enumerate(targets):
         if t.kind == "feature":
-            layer = cast(int, t.layer)  # a feature node has its layer (Node.__post_init__)
-            vals.append(ctx.transcoders.pre_activations(layer, run.mlp_in[b, t.layer, t.pos])[t.index])
+            by_layer.setdefault(cast(int, t.layer), []).append(b)  # a feature node has its layer
         else:
-            vals.append(_logit_read(run.logits[b, t.pos], t))
-    return torch.stack(vals)
+            rows.append(b)
+            parts.append(_logit_read(run.logits[b, t.pos], t)[None])
+    dev = run.mlp_in.device
+    for layer, batch_rows in by_layer.items():
+        b = torch.tensor(batch_rows, device=dev)
+        pos = torch.tensor([targets[i].pos for i in batch_rows], device=dev)
+        features = torch.tensor([targets[i].index for i in batch_rows], device=dev)
+        w, bias = ctx.transcoders.encoder_rows(layer, features)
+        parts.append((run.mlp_in[b, layer, pos] * w).sum(-1) + bias)
+        rows += batch_rows
+    return torch.cat(parts)[torch.tensor(rows).argsort().to(dev)]
 
 
 def _logit_read(logits: Tensor, node: Node) -> Tensor:
@@ -161,9 +190,32 @@ def _logit_read(logits: Tensor, node: Node) -> Tensor:
     return logits[..., node.index] - logits.mean(-1)
 
 
-def source_vectors(ctx: ReplacementContext, nodes: Sequence[Node]) -> tuple[Tensor, Tensor, list[int]]:
+def token_vectors(ctx: ReplacementContext, convention: AttributionConvention = "circuitd") -> Tensor:
+    """The token nodes' vectors ``[P, D]``: what enters block 0 (circuitd), or the token
+    embedding alone (circuit-tracer's ``hook_embed``)."""
+    _check_convention(convention)
+    if convention == "circuitd" or ctx.pos_embed is None:  # no positions in the residual stream
+        return ctx.embed
+    return ctx.embed - ctx.pos_embed
+
+
+def error_vectors(ctx: ReplacementContext, convention: AttributionConvention = "circuitd") -> Tensor:
+    """The error nodes' vectors ``[L, P, D]``; circuit-tracer zeroes those at position 0 (circuitd
+    has no error nodes there)."""
+    _check_convention(convention)
+    if convention == "circuitd":
+        return ctx.errors
+    out = ctx.errors.clone()
+    out[:, 0] = 0
+    return out
+
+
+def source_vectors(
+    ctx: ReplacementContext, nodes: Sequence[Node], convention: AttributionConvention = "circuitd"
+) -> tuple[Tensor, Tensor, list[int]]:
     """Every source's vector as the two deltas the frozen forward takes: ``out [S, L, P, D]``
     (features and errors) and ``embed [S, P, D]`` (tokens), with the sources' node indices."""
+    tokens, errors = token_vectors(ctx, convention), error_vectors(ctx, convention)
     idx = [i for i, n in enumerate(nodes) if n.kind != "logit"]
     L, P, D = ctx.mlp_in.shape
     out = ctx.mlp_in.new_zeros(len(idx), L, P, D)
@@ -176,9 +228,9 @@ def source_vectors(ctx: ReplacementContext, nodes: Sequence[Node]) -> tuple[Tens
                 cast(int, n.layer), cast(int, n.index)
             )
         elif n.kind == "error":
-            out[s, n.layer, n.pos] = ctx.errors[n.layer, n.pos]
+            out[s, n.layer, n.pos] = errors[n.layer, n.pos]
         else:
-            emb[s, n.pos] = ctx.embed[n.pos]
+            emb[s, n.pos] = tokens[n.pos]
     return out, emb, idx
 
 
@@ -204,10 +256,16 @@ def _feature_groups(ctx: ReplacementContext, nodes: Sequence[Node]) -> list[tupl
 
 class _Sources:
     """Every source's vector, grouped so that a batch of read-out gradients becomes a batch of
-    adjacency rows in a few matrix products."""
+    adjacency rows in a few matrix products; and one frozen forward pass of ``batch`` rows, each
+    with its own zero deltas at the token vectors and MLP outputs, whose graph every batch of
+    targets reuses (the model is frozen: only the read-outs and the backward pass change)."""
 
-    def __init__(self, ctx: ReplacementContext, nodes: Sequence[Node]):
+    def __init__(
+        self, ctx: ReplacementContext, nodes: Sequence[Node], convention: AttributionConvention, batch: int
+    ):
         dev = ctx.mlp_in.device
+        self.batch = batch
+        self._pass: tuple[Tensor, Tensor, FrozenRun] | None = None
         err_idx = [i for i, x in enumerate(nodes) if x.kind == "error"]
         tok_idx = [i for i, x in enumerate(nodes) if x.kind == "token"]
         self.groups = _feature_groups(ctx, nodes)
@@ -218,22 +276,32 @@ class _Sources:
 
             self.err_l = longs(cast(list[int], [nodes[i].layer for i in err_idx]))  # errors have layers
             self.err_p = longs([nodes[i].pos for i in err_idx])
-            self.err_vec = ctx.errors[self.err_l, self.err_p]  # [E, D]
+            self.err_vec = error_vectors(ctx, convention)[self.err_l, self.err_p]  # [E, D]
             self.tok_p = longs([nodes[i].pos for i in tok_idx])
-            self.tok_vec = ctx.embed[self.tok_p]  # [T, D]
+            self.tok_vec = token_vectors(ctx, convention)[self.tok_p]  # [T, D]
             self.err_cols, self.tok_cols = longs(err_idx), longs(tok_idx)
+
+    def _frozen_pass(self, ctx: ReplacementContext) -> tuple[Tensor, Tensor, FrozenRun]:
+        if self._pass is None:
+            L, P, D = ctx.mlp_in.shape
+            dev, dtype = ctx.mlp_in.device, ctx.mlp_in.dtype
+            embed_delta = torch.zeros(self.batch, P, D, device=dev, dtype=dtype, requires_grad=True)
+            out_delta = torch.zeros(self.batch, L, P, D, device=dev, dtype=dtype, requires_grad=True)
+            with torch.enable_grad():
+                self._pass = embed_delta, out_delta, ctx.forward("frozen", embed_delta, out_delta)
+        return self._pass
 
     def rows(self, ctx: ReplacementContext, nodes: Sequence[Node], rows: Sequence[int]) -> Tensor:
         """The adjacency rows ``[len(rows), n]`` (float64) of the targets ``rows``, from one
         backward pass with one target per batch row."""
-        L, P, D = ctx.mlp_in.shape
-        B, dev, dtype = len(rows), ctx.mlp_in.device, ctx.mlp_in.dtype
-        embed_delta = torch.zeros(B, P, D, device=dev, dtype=dtype, requires_grad=True)
-        out_delta = torch.zeros(B, L, P, D, device=dev, dtype=dtype, requires_grad=True)
+        B, dev = len(rows), ctx.mlp_in.device
+        if B > self.batch:
+            raise ValueError(f"{B} targets in one pass, at most {self.batch}")
+        embed_delta, out_delta, run = self._frozen_pass(ctx)
         with torch.enable_grad():
-            run = ctx.forward("frozen", embed_delta, out_delta)
-            read = _readouts(ctx, run, [nodes[i] for i in rows])
-            g_embed, g_out = torch.autograd.grad(read.sum(), (embed_delta, out_delta))
+            read = _readouts(ctx, run, [nodes[i] for i in rows])  # rows 0..B-1 of the pass
+            g_embed, g_out = torch.autograd.grad(read.sum(), (embed_delta, out_delta), retain_graph=True)
+        g_embed, g_out = g_embed[:B], g_out[:B]
         out = torch.zeros(B, len(nodes), dtype=torch.float64, device=dev)
         with torch.no_grad():
             for layer, pos, cols, vec in self.groups:  # vec [F, J, D]: one product per (layer, pos)
@@ -262,24 +330,27 @@ def attribute(
     batch_size: int = 64,
     max_feature_nodes: int | None = None,
     progress: Callable[[float, str], None] | None = None,
+    convention: AttributionConvention = "circuitd",
     **logit_kw: Any,
 ) -> Attribution:
-    """The full adjacency of ``nodes`` (default :func:`build_nodes` with ``logit_kw``).
+    """The full adjacency of ``nodes`` (default :func:`build_nodes` with ``logit_kw``), with the
+    token and error vectors of ``convention`` (module docstring).
 
-    One backward pass per batch of targets: each row's read-out gradient at the token vectors
-    and at every MLP output is dotted with each source's vector. With more active features than
-    ``max_feature_nodes``, the logits' rows come first; then, batch by batch, the features of
-    largest influence estimated from the rows known so far get theirs, until ``max_feature_nodes``
-    are in. The graph keeps those features only (the others' edges are credited to no node), and
-    only the rows computed are ever held (memory ``(logits + max_feature_nodes) × nodes``).
+    One frozen forward pass, then one backward pass per batch of targets: each row's read-out
+    gradient at the token vectors and at every MLP output is dotted with each source's vector.
+    With more active features than ``max_feature_nodes``, the logits' rows come first; then,
+    batch by batch, the features of largest influence estimated from the rows known so far get
+    theirs, until ``max_feature_nodes`` are in. The graph keeps those features only (the
+    others' edges are credited to no node), and only the rows computed are ever held (memory
+    ``(logits + max_feature_nodes) × nodes``).
     """
-    nodes = list(nodes) if nodes is not None else build_nodes(ctx, **logit_kw)
+    nodes = list(nodes) if nodes is not None else build_nodes(ctx, convention=convention, **logit_kw)
     if batch_size < 1:
         raise AttributionError(f"batch_size: must be >= 1, got {batch_size}")
     n = len(nodes)
-    sources = _Sources(ctx, nodes)
     feats = [i for i, x in enumerate(nodes) if x.kind == "feature"]
     logits = [i for i, x in enumerate(nodes) if x.kind == "logit"]
+    sources = _Sources(ctx, nodes, convention, batch=max(1, min(batch_size, len(feats) + len(logits))))
     capped = max_feature_nodes is not None and len(feats) > max_feature_nodes
     budget = max(0, max_feature_nodes or 0) if capped else len(feats)
     targets: list[int] = []  # node index of each computed row, in the order computed
@@ -326,7 +397,7 @@ def attribute(
 
     A = torch.zeros(len(keep), len(keep), dtype=torch.float64, device=dev)
     A[longs(has_row)] = held[longs([row_of[keep[j]] for j in has_row])][:, longs(keep)]
-    return Attribution(ctx, [nodes[i] for i in keep], A, passes)
+    return Attribution(ctx, [nodes[i] for i in keep], A, passes, convention)
 
 
 def target_readouts(ctx: ReplacementContext, nodes: Sequence[Node], run: FrozenRun) -> Tensor:

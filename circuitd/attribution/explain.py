@@ -86,7 +86,7 @@ def explain(run: RunContext, params: AttributionGraphParams) -> Result:
     limit = params.max_feature_nodes or get_settings().max_feature_nodes
     att = attribute(
         ctx, batch_size=spec.batch_size, max_feature_nodes=limit,
-        progress=lambda f, what: report(0.05 + 0.85 * f, what), **targets,
+        progress=lambda f, what: report(0.05 + 0.85 * f, what), convention=params.convention, **targets,
     )
     tokens = _token_texts(model, ids)
     if isinstance(params.prompt, str):
@@ -125,7 +125,7 @@ def explain(run: RunContext, params: AttributionGraphParams) -> Result:
         "prompt_tokens": tokens, "prompt_ids": ids,
         "params": {
             "node_threshold": params.node_threshold, "edge_threshold": params.edge_threshold,
-            "max_feature_nodes": limit, "batch_size": spec.batch_size,
+            "max_feature_nodes": limit, "batch_size": spec.batch_size, "convention": params.convention,
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in targets.items()},
         },
         "versions": versions(),
@@ -148,9 +148,10 @@ def _validate(
         if name not in where:
             raise CircuitdError(f"validate_nodes[{j}]: no node '{name}' in the graph")
         chosen.append(where[name])
-    full = check_interventions(ctx, graph.adjacency, graph.nodes, chosen, params.validate_scale)
+    scale, convention = params.validate_scale, params.convention
+    full = check_interventions(ctx, graph.adjacency, graph.nodes, chosen, scale, convention)
     kept = graph.adjacency * pruned.edge_mask
-    in_pruned = check_interventions(ctx, kept, graph.nodes, chosen, params.validate_scale)
+    in_pruned = check_interventions(ctx, kept, graph.nodes, chosen, scale, convention)
     return {
         "nodes": list(params.validate_nodes or []),
         "scale": params.validate_scale,

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from circuitd.attribution.attribute import source_vectors, target_readouts
 from circuitd.attribution.replacement import AttributionError, ReplacementContext
+from circuitd.names import AttributionConvention
 from graphs.attribution_graph import Node
 
 
@@ -52,13 +53,17 @@ def predict_change(
 
 @torch.no_grad()
 def intervene(
-    ctx: ReplacementContext, nodes: Sequence[Node], chosen: Sequence[int], scale: float
+    ctx: ReplacementContext,
+    nodes: Sequence[Node],
+    chosen: Sequence[int],
+    scale: float,
+    convention: AttributionConvention = "circuitd",
 ) -> tuple[Tensor, Tensor]:
     """Measured read-out changes of ``nodes`` ``(live features, frozen features)`` when the chosen
-    nodes' outputs are multiplied by ``scale``: tokens and errors through their vectors, features
-    clamped to ``scale × activation`` in the live pass."""
+    nodes' outputs are multiplied by ``scale``: tokens and errors through their vectors (those of
+    the graph's ``convention``), features clamped to ``scale × activation`` in the live pass."""
     chosen_nodes = [nodes[i] for i in chosen]
-    out, emb, _ = source_vectors(ctx, chosen_nodes)
+    out, emb, _ = source_vectors(ctx, chosen_nodes, convention)
     r = scale - 1.0
     is_feature = torch.tensor([x.kind == "feature" for x in chosen_nodes], device=out.device)
     embed_delta, out_delta = emb.sum(0) * r, out.sum(0) * r
@@ -85,6 +90,7 @@ def check_interventions(
     nodes: Sequence[Node],
     chosen: Sequence[int],
     scale: float = 0.0,
+    convention: AttributionConvention = "circuitd",
 ) -> list[InterventionCheck]:
     """Predicted (from ``adjacency``) against measured change of every logit node when the chosen
     nodes are scaled; ``adjacency`` may be a pruned graph's (its missing edges are zeros)."""
@@ -97,7 +103,7 @@ def check_interventions(
             "validate: logit nodes have no output to scale; choose features, errors or tokens"
         )
     through, direct = predict_change(adjacency, nodes, chosen, scale)
-    live, frozen = intervene(ctx, nodes, chosen, scale)
+    live, frozen = intervene(ctx, nodes, chosen, scale, convention)
     targets = [i for i, x in enumerate(nodes) if x.kind in ("feature", "logit")]
     col = {i: j for j, i in enumerate(targets)}
     return [

@@ -5,33 +5,54 @@ replacement model freezes. :class:`ReplacementContext` then runs that replacemen
 our own forward pass built from the model's weights (read through the adapter's accessors), so
 every frozen quantity is explicit:
 
-* attention patterns (``hook_pattern``) are constants, so attention is linear in its values;
-* every LayerNorm scale (``ln1``, ``ln2``, ``ln_final``) is a constant ``sigma = sqrt(var + eps)``
-  computed from the recorded LayerNorm *input* (the adapter fuses LayerNorm, so ``hook_scale``
-  does not fire); the mean subtraction stays, it is linear;
-* each MLP output is ``transcoder reconstruction + error`` with ``error = mlp_out −
+* attention patterns (``hook_pattern``) are constants, so attention is linear in its values
+  (rotary positions, score soft caps and sliding windows only shape the pattern; with
+  grouped-query attention each query head weighs the values of its key/value head);
+* every norm scale is a constant computed from the recorded norm *input* (the adapter fuses
+  LayerNorm, so ``hook_scale`` does not fire): LayerNorm ``sqrt(var + eps)`` with the mean
+  subtraction kept (it is linear), RMSNorm ``sqrt(mean(x^2) + eps)``: ``ln1``, ``ln_final``,
+  ``ln2`` where the transcoders read after it, Gemma-2's ``ln1_post`` and ``ln2_post``
+  (circuit-tracer stops the gradient at every norm's scale alike);
+* each MLP output is ``transcoder reconstruction + error`` with ``error = target −
   reconstruction`` a constant, so at the recorded point the forward pass reproduces the real
-  model's logits. ``ln2`` does not enter: transcoders read ``hook_mlp_in``, before ``ln2``.
+  model.
+
+The transcoders read their input site (``hook_mlp_in``; ``ln2.hook_normalized``; ``mlp.hook_in``,
+see :mod:`circuitd.transcoders.modules`), which is affine in the residual stream once ``ln2``'s
+scale is frozen, and reconstruct their output site: ``hook_mlp_out`` is added to the residual
+stream as it is, ``mlp.hook_out`` through the frozen ``ln2_post`` where the model has one.
+Logits are the unembedding's output before any final soft cap (the attribution targets, as
+circuit-tracer's); :attr:`ReplacementContext.logits` are the model's own, cap included.
 
 With the feature activations also held fixed (``features="frozen"``) the model is affine in the
 residual stream; that is the linear model the edges live in. The transcoders' skip connections
-read the residual stream and stay inside it; biases (``b_V``, ``b_O``, LayerNorm shifts,
-``b_dec``, ``b_U``) are constants that no node owns.
+read the transcoders' input and stay inside the residual stream; biases (``b_V``, ``b_O``, norm
+shifts, ``b_dec``, ``b_U``) are constants that no node owns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from circuitd.models.adapter import ModelAdapter, Norm
-from circuitd.transcoders import INPUT_HOOK, OUTPUT_HOOK, TranscoderSet
+from circuitd.transcoders.modules import (
+    INPUT_HOOK,
+    MLP_INPUT_HOOK,
+    MLP_OUTPUT_HOOK,
+    NORMALIZED_INPUT_HOOK,
+    OUTPUT_HOOK,
+    TranscoderSet,
+)
 
 FeatureMode = Literal["live", "frozen"]
+INPUT_SITES = (INPUT_HOOK, NORMALIZED_INPUT_HOOK, MLP_INPUT_HOOK)
+OUTPUT_SITES = (OUTPUT_HOOK, MLP_OUTPUT_HOOK)
+NORMS = ("LN", "LNPre", "RMS", "RMSPre")
 
 
 class AttributionError(ValueError):
@@ -45,47 +66,70 @@ def check_supported(adapter: ModelAdapter, transcoders: TranscoderSet) -> None:
     problems = []
     if cfg("attn_only"):
         problems.append("attention-only (no MLPs to replace)")
-    if cfg("parallel_attn_mlp"):
-        problems.append("parallel attention and MLP")
-    if cfg("normalization_type") not in ("LN", "LNPre"):
-        problems.append(f"normalization {cfg('normalization_type')!r} (need LN or LNPre)")
-    if cfg("n_key_value_heads"):
-        problems.append("grouped-query attention")
-    if cfg("use_normalization_before_and_after", False):
-        problems.append("normalization after sub-blocks")
-    if (cfg("output_logits_soft_cap") or 0) > 0:
-        problems.append("logit soft cap")
+    if cfg("normalization_type") not in NORMS:
+        problems.append(f"normalization {cfg('normalization_type')!r} (need one of {', '.join(NORMS)})")
+    elif adapter.normalizes_outputs():
+        problems.append("ln1/ln2 on the sub-blocks' outputs (OLMo 2/3 post-norm blocks)")
+    if cfg("clip_qkv") is not None:
+        problems.append("clipped values (clip_qkv), not linear in the residual stream")
+    if cfg("load_in_4bit", False):
+        problems.append("4-bit weights")
     if transcoders.n_layers != shape.n_layers or transcoders.d_model != shape.d_model:
         problems.append(
             f"transcoders for {transcoders.n_layers} layers of d_model {transcoders.d_model}, model has "
             f"{shape.n_layers} of {shape.d_model}"
         )
-    if (transcoders.input_site, transcoders.output_site) != (INPUT_HOOK, OUTPUT_HOOK):
+    if transcoders.input_site not in INPUT_SITES or transcoders.output_site not in OUTPUT_SITES:
         problems.append(
-            "transcoders must read the MLP input before ln2 (hook_mlp_in, hook_resid_mid or "
-            "mlp.hook_in) and write hook_mlp_out (or mlp.hook_out), not "
+            "transcoders must read an MLP input (hook_mlp_in, hook_resid_mid, ln2.hook_normalized or "
+            "mlp.hook_in) and write an MLP output (hook_mlp_out or mlp.hook_out), not "
             f"{transcoders.feature_input_hook} / {transcoders.feature_output_hook}"
         )
     if problems:
         raise AttributionError(f"attribution: unsupported setup: {'; '.join(problems)}")
 
 
-def _sigma(x: Tensor, eps: float) -> Tensor:
-    """LayerNorm denominator ``sqrt(var + eps)`` (biased variance, as ``F.layer_norm``)."""
-    return (x.var(-1, unbiased=False) + eps).sqrt()
+def _scale(norm: Norm, x: Tensor) -> Tensor:
+    """A norm's denominator ``[..., P]`` at its input ``x [..., P, D]``: ``sqrt(var + eps)``
+    (biased variance, as ``F.layer_norm``) for LayerNorm, ``sqrt(mean(x^2) + eps)`` for RMSNorm."""
+    spread = x.var(-1, unbiased=False) if norm.center else x.pow(2).mean(-1)
+    return (spread + norm.eps).sqrt()
 
 
-def _frozen_norm(norm: Norm, x: Tensor, sigma: Tensor) -> Tensor:
-    """LayerNorm with its scale frozen at ``sigma [P]``: affine in ``x [..., P, D]``."""
-    y = (x - x.mean(-1, keepdim=True)) / sigma[:, None]
-    # a LayerNorm has both w and b, a LayerNormPre neither
-    return y * norm.w + cast(Tensor, norm.b) if norm.w is not None else y
+def _normalized(norm: Norm, x: Tensor, scale: Tensor) -> Tensor:
+    """The norm's output before its gain (``hook_normalized``), its scale frozen at ``scale [P]``."""
+    return (x - x.mean(-1, keepdim=True) if norm.center else x) / scale[:, None]
+
+
+def _affine(norm: Norm, y: Tensor) -> Tensor:
+    """The norm's gain and shift, where it has them."""
+    y = y if norm.w is None else y * norm.w
+    return y if norm.b is None else y + norm.b
+
+
+def _frozen_norm(norm: Norm, x: Tensor, scale: Tensor) -> Tensor:
+    """The norm with its scale frozen at ``scale [P]``: affine in ``x [..., P, D]``."""
+    return _affine(norm, _normalized(norm, x, scale))
+
+
+def _site_input(site: str, ln2: Norm, resid: Tensor, scale: Tensor) -> Tensor:
+    """The transcoders' input at ``site`` from ``ln2``'s input ``resid [..., P, D]``: itself
+    (``hook_mlp_in``), or ``ln2`` with its scale frozen at ``scale [P]``: after its gain and
+    shift (``mlp.hook_in``), and for ``ln2.hook_normalized`` where circuit-tracer's
+    TransformerLens 2.x fires that hook: after a LayerNorm's gain and shift, before an
+    RMSNorm's gain (see :data:`circuitd.transcoders.modules.NORMALIZED_INPUT_HOOK`)."""
+    if site == INPUT_HOOK:
+        return resid
+    y = _normalized(ln2, resid, scale)
+    after_gain = site == MLP_INPUT_HOOK or (site == NORMALIZED_INPUT_HOOK and ln2.center)
+    return _affine(ln2, y) if after_gain else y
 
 
 @dataclass
 class FrozenRun:
-    """What one pass of the replacement model gives: every MLP input ``[..., L, P, D]``, the
-    final residual ``[..., P, D]`` and the logits ``[..., P, V]``."""
+    """What one pass of the replacement model gives: every transcoder input ``[..., L, P, D]``
+    (at the set's input site), the final residual ``[..., P, D]`` and the logits ``[..., P, V]``
+    (before any soft cap)."""
 
     mlp_in: Tensor
     final_resid: Tensor
@@ -102,17 +146,21 @@ class ReplacementContext:
     tokens: Tensor  # [P]
     embed: Tensor  # [P, D]: blocks.0.hook_resid_pre, the token vectors
     resid_pre: Tensor  # [L, P, D]: ln1 inputs
-    mlp_in: Tensor  # [L, P, D]
-    mlp_out: Tensor  # [L, P, D]
+    mlp_resid: Tensor  # [L, P, D]: hook_mlp_in, ln2's input (resid_mid; resid_pre in parallel blocks)
+    mlp_in: Tensor  # [L, P, D]: the transcoders' inputs, at their input site
+    mlp_out: Tensor  # [L, P, D]: what the transcoders reconstruct, at their output site
     patterns: Tensor  # [L, H, P, P]
     ln1_scale: Tensor  # [L, P]
     ln2_scale: Tensor  # [L, P]
     final_resid: Tensor  # [P, D]
     ln_final_scale: Tensor  # [P]
-    logits: Tensor  # [P, V]: the real model's
-    activations: Tensor  # [L, P, d_tc]: transcoder activations at the recorded MLP inputs
+    logits: Tensor  # [P, V]: the real model's (soft cap included)
+    activations: Tensor  # [L, P, d_tc]: transcoder activations at the recorded inputs
     reconstruction: Tensor  # [L, P, D]
     errors: Tensor  # [L, P, D]: mlp_out − reconstruction
+    pos_embed: Tensor | None = None  # [P, D]: hook_pos_embed, the positional part of embed; None without
+    ln1_post_scale: Tensor | None = None  # [L, P]: Gemma-2's norm on the attention output
+    ln2_post_scale: Tensor | None = None  # [L, P]: Gemma-2's norm on the MLP output
 
     @property
     def n_layers(self) -> int:
@@ -121,6 +169,11 @@ class ReplacementContext:
     @property
     def n_pos(self) -> int:
         return self.mlp_in.shape[1]
+
+    @property
+    def parallel(self) -> bool:
+        """Attention and MLP both read ``resid_pre`` (GPT-J, GPT-NeoX/Pythia)."""
+        return bool(self.adapter.config("parallel_attn_mlp", False))
 
     def decoder_vectors(self, layer: int, feature: int) -> Tensor:
         """What one unit of ``feature``'s activation writes into each MLP output ``[L, D]``
@@ -149,6 +202,34 @@ class ReplacementContext:
         tc = self.transcoders
         return tc.clt.skip(layer, x) if tc.clt is not None else tc.transcoder(layer).skip(x)
 
+    def _attention(self, layer: int, resid: Tensor) -> Tensor:
+        """Block ``layer``'s attention output ``[..., P, D]`` with its pattern and norm scales
+        frozen: ``ln1``, values per key/value head, each query head's pattern over its group's
+        values, ``W_O``, and Gemma-2's ``ln1_post``."""
+        adapter = self.adapter
+        W_V, b_V, W_O, b_O = adapter.attn_ov(layer)
+        x = _frozen_norm(adapter.layer_norm(layer, "ln1"), resid, self.ln1_scale[layer])
+        v = torch.einsum("...pd,kde->...pke", x, W_V) + b_V  # [..., P, K, E]
+        n_kv, (n_heads, n_q, n_k) = W_V.shape[0], self.patterns[layer].shape
+        pattern = self.patterns[layer].view(n_kv, n_heads // n_kv, n_q, n_k)  # query head h: group h // G
+        z = torch.einsum("kgqp,...pke->...qkge", pattern, v).flatten(-3, -2)  # [..., Q, H, E]
+        out = torch.einsum("...qhe,hed->...qd", z, W_O) + b_O
+        if self.ln1_post_scale is not None:
+            out = _frozen_norm(adapter.layer_norm(layer, "ln1_post"), out, self.ln1_post_scale[layer])
+        return out
+
+    def transcoder_input(self, layer: int, resid: Tensor) -> Tensor:
+        """Layer ``layer``'s transcoder input from ``ln2``'s input ``resid [..., P, D]``."""
+        norm = self.adapter.layer_norm(layer, "ln2")
+        return _site_input(self.transcoders.input_site, norm, resid, self.ln2_scale[layer])
+
+    def _block_output(self, layer: int, out: Tensor) -> Tensor:
+        """What the MLP sub-block adds to the residual stream from the transcoders' output site:
+        through the frozen ``ln2_post`` for ``mlp.hook_out`` on a model that has one."""
+        if self.ln2_post_scale is None or self.transcoders.output_site != MLP_OUTPUT_HOOK:
+            return out
+        return _frozen_norm(self.adapter.layer_norm(layer, "ln2_post"), out, self.ln2_post_scale[layer])
+
     def forward(
         self,
         features: FeatureMode = "frozen",
@@ -156,14 +237,14 @@ class ReplacementContext:
         out_delta: Tensor | None = None,
         clamp: Sequence[tuple[int, int, int, float]] = (),
     ) -> FrozenRun:
-        """The replacement model with frozen patterns and LayerNorm scales.
+        """The replacement model with frozen patterns and norm scales.
 
-        ``features="live"``: activations recomputed by the transcoders from the MLP inputs (the
+        ``features="live"``: activations recomputed by the transcoders from their inputs (the
         local replacement model). ``"frozen"``: activations held at their recorded values (the
         linear model of the edges). ``embed_delta [..., P, D]`` is added to the token vectors and
-        ``out_delta [..., L, P, D]`` to the MLP outputs; their leading dims batch the pass.
-        ``clamp`` holds ``(layer, pos, feature, value)``: in a live pass those activations are set
-        to ``value`` whatever their input (an intervention on a feature node).
+        ``out_delta [..., L, P, D]`` to the transcoders' outputs (their output site); their leading
+        dims batch the pass. ``clamp`` holds ``(layer, pos, feature, value)``: in a live pass those
+        activations are set to ``value`` whatever their input (an intervention on a feature node).
         """
         if features not in ("live", "frozen"):
             raise ValueError(f"features: expected 'live' or 'frozen', got {features!r}")
@@ -177,14 +258,12 @@ class ReplacementContext:
         mlp_ins: list[Tensor] = []
         acts: list[Tensor] = []
         for layer in range(self.n_layers):
-            W_V, b_V, W_O, b_O = adapter.attn_ov(layer)
-            x = _frozen_norm(adapter.layer_norm(layer, "ln1"), resid, self.ln1_scale[layer])
-            v = torch.einsum("...pd,hde->...phe", x, W_V) + b_V
-            z = torch.einsum("hqk,...khe->...qhe", self.patterns[layer], v)
-            resid = resid + torch.einsum("...qhe,hed->...qd", z, W_O) + b_O
-            mlp_ins.append(resid)
+            attn = self._attention(layer, resid)
+            mlp_resid = resid if self.parallel else resid + attn
+            x = self.transcoder_input(layer, mlp_resid)
+            mlp_ins.append(x)
             if features == "live":
-                act = self.transcoders.encode(layer, resid)
+                act = self.transcoders.encode(layer, x)
                 here = [(p, f, v) for lay, p, f, v in clamp if lay == layer]
                 if here:
                     act = act.clone()
@@ -193,16 +272,16 @@ class ReplacementContext:
                 acts.append(act)
             else:  # constants: kept without the batch dims, broadcast when added
                 acts.append(self.activations[layer])
-            out = self._feature_output(layer, acts) + self._skip(layer, resid) + self.errors[layer]
+            out = self._feature_output(layer, acts) + self._skip(layer, x) + self.errors[layer]
             if out_delta is not None:
                 out = out + out_delta[..., layer, :, :]
-            resid = resid + out
+            resid = resid + attn + self._block_output(layer, out)
         final = _frozen_norm(adapter.final_norm(), resid, self.ln_final_scale)
         logits = adapter.unembed(final)
         return FrozenRun(torch.stack(mlp_ins, dim=-3), resid, logits)
 
     def pre_activations(self, mlp_in: Tensor) -> Tensor:
-        """Every layer's pre-activations ``[..., L, P, d_tc]`` from MLP inputs ``[..., L, P, D]``."""
+        """Every layer's pre-activations ``[..., L, P, d_tc]`` from transcoder inputs ``[..., L, P, D]``."""
         return torch.stack(
             [self.transcoders.pre_activations(i, mlp_in[..., i, :, :]) for i in range(self.n_layers)], dim=-3
         )
@@ -210,11 +289,17 @@ class ReplacementContext:
 
 @torch.no_grad()
 def record(adapter: ModelAdapter, transcoders: TranscoderSet, tokens: Tensor) -> ReplacementContext:
-    """Run the real model once on ``tokens [P]`` and keep what the replacement model freezes."""
+    """Run the real model once on ``tokens [P]`` and keep what the replacement model freezes.
+
+    The transcoders' inputs are computed from the recorded ``hook_mlp_in`` with ``ln2``'s scale
+    (the replacement model's own maths, so it reproduces them exactly); their targets are the
+    recorded ``hook_mlp_out``, or the MLP module's output for ``mlp.hook_out``."""
     check_supported(adapter, transcoders)
     if tokens.ndim != 1 or tokens.numel() < 1:
         raise AttributionError("attribution: tokens must be one prompt [P] of at least one token")
     n_layers = adapter.shape.n_layers
+    post_norms = bool(adapter.config("use_normalization_before_and_after", False))
+    learned_pos = adapter.config("positional_embedding_type", "standard") == "standard"
     store: dict[str, Tensor] = {}
 
     def keep(name: str) -> tuple[str, Any]:
@@ -223,7 +308,8 @@ def record(adapter: ModelAdapter, transcoders: TranscoderSet, tokens: Tensor) ->
 
         return name, fn
 
-    names = ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
+    names = ["blocks.0.hook_resid_pre", adapter.hook_final_resid()]
+    names += ["hook_pos_embed"] if learned_pos else []
     for layer in range(n_layers):
         names += [
             adapter.hook_resid_pre(layer),
@@ -231,36 +317,50 @@ def record(adapter: ModelAdapter, transcoders: TranscoderSet, tokens: Tensor) ->
             adapter.hook_mlp_out(layer),
             f"blocks.{layer}.attn.hook_pattern",
         ]
+        if post_norms:  # the inputs of ln1_post and ln2_post: the attention and MLP modules' outputs
+            names += [f"blocks.{layer}.attn", f"blocks.{layer}.mlp"]
     tokens = tokens.to(adapter.device)
     logits = adapter.run(tokens[None], [keep(n) for n in dict.fromkeys(names)])[0]
 
     def stack(fmt: str) -> Tensor:
         return torch.stack([store[fmt.format(layer)] for layer in range(n_layers)])
 
-    resid_pre = stack("blocks.{}.hook_resid_pre")
-    mlp_in = stack("blocks.{}.hook_mlp_in")
-    mlp_out = stack("blocks.{}.hook_mlp_out")
-    final_resid = store[f"blocks.{n_layers - 1}.hook_resid_post"]
+    def scales(which: str, inputs: Tensor) -> Tensor:
+        return torch.stack([_scale(adapter.layer_norm(i, which), inputs[i]) for i in range(n_layers)])
+
     tc = transcoders
-    activations = torch.stack([tc.encode(i, mlp_in[i]) for i in range(n_layers)])
+    resid_pre = stack("blocks.{}.hook_resid_pre")
+    mlp_resid = stack("blocks.{}.hook_mlp_in")
+    ln2_scale = scales("ln2", mlp_resid)
+    mlp_in = torch.stack(
+        [
+            _site_input(tc.input_site, adapter.layer_norm(i, "ln2"), mlp_resid[i], ln2_scale[i])
+            for i in range(n_layers)
+        ]
+    )
+    own_output = post_norms and tc.output_site == MLP_OUTPUT_HOOK  # before ln2_post
+    mlp_out = stack("blocks.{}.mlp" if own_output else "blocks.{}.hook_mlp_out")
     reconstruction = torch.stack([tc.reconstruct(i, list(mlp_in)) for i in range(n_layers)])
+    final_resid = store[adapter.hook_final_resid()]
     return ReplacementContext(
         adapter=adapter,
         transcoders=tc,
         tokens=tokens,
         embed=store["blocks.0.hook_resid_pre"],
         resid_pre=resid_pre,
+        mlp_resid=mlp_resid,
         mlp_in=mlp_in,
         mlp_out=mlp_out,
         patterns=stack("blocks.{}.attn.hook_pattern"),
-        ln1_scale=torch.stack(
-            [_sigma(resid_pre[i], adapter.layer_norm(i, "ln1").eps) for i in range(n_layers)]
-        ),
-        ln2_scale=torch.stack([_sigma(mlp_in[i], adapter.layer_norm(i, "ln2").eps) for i in range(n_layers)]),
+        ln1_scale=scales("ln1", resid_pre),
+        ln2_scale=ln2_scale,
         final_resid=final_resid,
-        ln_final_scale=_sigma(final_resid, adapter.final_norm().eps),
+        ln_final_scale=_scale(adapter.final_norm(), final_resid),
         logits=logits,
-        activations=activations,
+        activations=torch.stack([tc.encode(i, mlp_in[i]) for i in range(n_layers)]),
         reconstruction=reconstruction,
         errors=mlp_out - reconstruction,
+        pos_embed=store["hook_pos_embed"] if learned_pos else None,
+        ln1_post_scale=scales("ln1_post", stack("blocks.{}.attn")) if post_norms else None,
+        ln2_post_scale=scales("ln2_post", stack("blocks.{}.mlp")) if post_norms else None,
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from circuitd.cli.method_flags import add_method_flags, method_params
 from circuitd.errors import CircuitdError
 from circuitd.methods import METHODS
-from circuitd.names import ABLATIONS, METRICS
+from circuitd.names import ABLATIONS, DTYPES, METRICS
 from circuitd.spec import DEFAULT_METHOD
 
 if TYPE_CHECKING:
@@ -19,13 +19,20 @@ if TYPE_CHECKING:
 
 def cmd_edges(args: argparse.Namespace) -> int:
     from circuitd.edges import EdgeGraph
-    from circuitd.models.registry import model_shape
+    from circuitd.models.registry import memory_estimate, model_shape
+    from circuitd.settings import get_settings
 
-    graph = EdgeGraph(model_shape(args.model), split_qkv=not args.no_split_qkv)
+    graph = EdgeGraph(model_shape(args.model), split_qkv=not args.no_split_qkv, kv_heads=args.kv_heads)
     s = graph.shape
     print(f"model: {args.model} ({s.n_layers} layers, {s.n_heads} heads, d_model {s.d_model})")
+    limits = get_settings()  # from the config alone: nothing is loaded to count or size a model
+    print(f"parameters: {s.n_params} (CIRCUITD_MAX_MODEL_PARAMS={limits.max_model_params})")
+    print(f"memory: {memory_estimate(s, args.dtype)[1]} (CIRCUITD_MAX_MODEL_BYTES={limits.max_model_bytes})")
     print(f"sources: {graph.n_sources}")
     print(f"q/k/v split: {'no' if args.no_split_qkv else 'yes'}")
+    if s.n_key_value_heads and s.n_key_value_heads < s.n_heads:
+        layout = "per key/value head" if graph.kv_grouped else "per query head"
+        print(f"k/v inputs: {layout} ({s.n_key_value_heads} key/value heads)")
     print(f"edges: {graph.n_edges}")
     return 0
 
@@ -156,7 +163,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.format == "eap-ig" and args.method == "attribution-graph":
         raise CircuitdError("--format: eap-ig is for edge circuits, not --method attribution-graph")
 
-    spec = _spec_from_args(args, args.method, method_params(args, args.method))
+    params = method_params(args, args.method)
+    if args.format == "eap-ig":  # EAP-IG names k/v edges per query head (graphs.eap_ig_format)
+        if params.get("kv_heads", "per-query") != "per-query":
+            raise CircuitdError("--kv-heads: EAP-IG graphs have per-query-head k/v edges; "
+                                "--format eap-ig takes --kv-heads per-query (its default)")
+        params["kv_heads"] = "per-query"
+    spec = _spec_from_args(args, args.method, params)
     bar = _Bar()
     try:
         result = discover(spec, progress=bar)
@@ -199,9 +212,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
     split = not args.no_split_qkv and not any("<" not in d["name"] and "->a" in d["name"] for *_, d in links)
+    layout = circuit.graph.get("edge_layout") or {}  # recorded by discover; older files: the names
+    grouped = layout.get("kv_heads") == "grouped" or any(".kv" in d["name"] for *_, d in links)
     spec = _spec_from_args(args, "eap", {})
     model = load_model(spec.model, spec.device, spec.dtype)
-    graph = EdgeGraph(model.shape, split)
+    graph = EdgeGraph(model.shape, split, "grouped" if grouped else "per-query")
     try:
         idx = graph.index_of([d["name"] for *_, d in links])
     except KeyError as exc:
@@ -267,7 +282,8 @@ def cmd_validate_graph(args: argparse.Namespace) -> int:
     model = load_model(model_id, args.device)
     source = args.transcoders if args.transcoders is not None else meta.get("transcoders")
     ctx = record(model, load_transcoders(source, model), torch.tensor(ids))
-    checks = check_interventions(ctx, adjacency, nodes, chosen, args.scale)
+    convention = (meta.get("params") or {}).get("convention", "circuitd")  # the graph's own
+    checks = check_interventions(ctx, adjacency, nodes, chosen, args.scale, convention)
     kind = "full" if meta.get("full") else "pruned"
     print(f"graph: {args.graph} ({kind}: {len(nodes)} nodes); "
           f"scaling {', '.join(args.node)} by {args.scale:g}")
@@ -318,6 +334,9 @@ def add_analysis_commands(sub: Any) -> None:
     p = sub.add_parser("edges", help="count the edges of a model's edge graph")
     p.add_argument("--model", required=True)
     p.add_argument("--no-split-qkv", action="store_true", help="one input per head, not q/k/v")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the dtype the memory estimate is for")
+    p.add_argument("--kv-heads", choices=["grouped", "per-query"], default="grouped",
+                   help="grouped-query models: k/v edges per key/value head or per query head")
     p.set_defaults(func=cmd_edges)
 
     p = sub.add_parser("discover", help="find a circuit (in-process)")

@@ -49,7 +49,8 @@ def cmd_mib_export(args: argparse.Namespace) -> int:
 
     if args.method == "attribution-graph":
         raise CircuitdError("--method: attribution-graph finds no edge circuit; MIB takes edge circuits")
-    spec = _spec_from_args(args, args.method, {})
+    # MIB names k/v edges per query head: grouped-query models are scored that way
+    spec = _spec_from_args(args, args.method, {"kv_heads": "per-query"})
     result = discover(spec)
     cfg = eap_ig_config(spec.model)
     folder = Path(args.out) / folder_name(spec.task_name, spec.model)

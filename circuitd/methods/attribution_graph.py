@@ -17,6 +17,7 @@ from circuitd.access import check_transcoders
 from circuitd.errors import CircuitdError
 from circuitd.limits import MAX_NODE_ID_CHARS, MAX_SCALE, MAX_VALIDATE_NODES, at_most, entries_at_most
 from circuitd.methods.contract import Method, MethodParams
+from circuitd.names import AttributionConvention
 from circuitd.tasks.base import check_prompt, check_token
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class AttributionGraphParams(MethodParams):
     validate_scale: float = Field(
         default=0.0, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
         description="the scale for validate_nodes (0 ablates)",
+    )
+    convention: AttributionConvention = Field(
+        default="circuitd",
+        description="token and error nodes as circuitd defines them, or as circuit-tracer does "
+        "(token embedding without positions, error nodes at position 0)",
     )
 
     @field_validator("transcoders")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from circuitd.edges import KVHeads
 from circuitd.limits import at_most
 from circuitd.names import AblationName, MetricName
 from circuitd.progress import Progress, Reports, ShouldStop
@@ -53,6 +54,11 @@ class EdgeParams(MethodParams):
         default=None, ge=0, allow_inf_nan=False, description="keep edges with |score| >= X"
     )
     split_qkv: bool = Field(default=True, description="one edge per q, k and v input of each head")
+    kv_heads: KVHeads = Field(
+        default="grouped",
+        description="grouped-query models: k/v edges per key/value head (grouped) or per query head "
+        "(per-query, as TransformerLens's ungrouped attention and EAP-IG); needs split_qkv",
+    )
     curve: bool = Field(default=True, description="compute the faithfulness curve, CPR and CMD")
 
     @model_validator(mode="after")

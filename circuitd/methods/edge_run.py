@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from circuitd.edge_context import MethodContext, MethodResult
-from circuitd.edges import EdgeGraph, count_edges
+from circuitd.edges import EdgeGraph, KVHeads, count_edges
 from circuitd.errors import CircuitdError
 from circuitd.evaluate import Evaluator
 from circuitd.jobs import build_task, versions
@@ -31,14 +31,14 @@ P = TypeVar("P", bound=EdgeParams)
 Score = Callable[[MethodContext, P], MethodResult]
 
 
-def check_edge_cap(model_id: str, shape: ModelShape, split_qkv: bool) -> None:
+def check_edge_cap(model_id: str, shape: ModelShape, split_qkv: bool, kv_heads: KVHeads = "grouped") -> None:
     """Refuse a model whose edge graph is over ``CIRCUITD_MAX_EDGES`` (counted in closed form from
     its shape, so before its weights load)."""
-    n, limit = count_edges(shape, split_qkv), get_settings().max_edges
+    n, limit = count_edges(shape, split_qkv, kv_heads), get_settings().max_edges
     if n > limit:
-        raise CircuitdError(
-            f"model: {model_id} has {n} edges (split_qkv={split_qkv}), over CIRCUITD_MAX_EDGES={limit}"
-        )
+        gqa = shape.n_key_value_heads and shape.n_key_value_heads < shape.n_heads
+        layout = f"split_qkv={split_qkv}" + (f", kv_heads={kv_heads}" if gqa else "")
+        raise CircuitdError(f"model: {model_id} has {n} edges ({layout}), over CIRCUITD_MAX_EDGES={limit}")
 
 
 def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
@@ -46,9 +46,10 @@ def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
     selection), evaluate it with the task's metric and build the graph."""
     spec = run.spec
     started = time.perf_counter()
-    check_edge_cap(spec.model, model_shape(spec.model), params.split_qkv)  # from the config: nothing loaded
+    shape = model_shape(spec.model)  # from the config: nothing loaded
+    check_edge_cap(spec.model, shape, params.split_qkv, params.kv_heads)
     model = load_model(spec.model, spec.device, spec.dtype)
-    graph = EdgeGraph(model.shape, params.split_qkv)
+    graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)
     task = build_task(spec, model, params.metric)
     ctx = MethodContext(
         model, graph, task, task.metric, params.ablation, spec.batch_size,
@@ -84,6 +85,7 @@ def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
         },
         "versions": versions(),
         "metrics": found,
+        "edge_layout": graph.layout(),  # how the edge names map to heads (graphs.edge_circuit)
     }
     names, score_list, keep_list = graph.edge_names, scores.tolist(), keep.tolist()
     return Result(

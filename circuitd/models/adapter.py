@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -60,6 +60,7 @@ class ModelShape:
     d_vocab_out: int = 0  # 0: d_vocab
     learned_positions: bool = True  # a positional embedding matrix (TL's "standard", "shortformer")
     n_experts: int = 1
+    norm_params: int | None = field(default=None, compare=False)  # None: LayerNorms (gain, bias)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
@@ -73,8 +74,9 @@ class ModelShape:
         n_heads = _positive(cfg, "n_heads", max(d_model // d_head, 1))
         attn_only = bool(cfg.get("attn_only", False))
         d_vocab = _positive(cfg, "d_vocab")
+        n_layers = _positive(cfg, "n_layers")
         return cls(
-            n_layers=_positive(cfg, "n_layers"),
+            n_layers=n_layers,
             n_heads=n_heads,
             d_model=d_model,
             d_vocab=d_vocab,
@@ -88,6 +90,7 @@ class ModelShape:
             d_vocab_out=_positive(cfg, "d_vocab_out", d_vocab),
             learned_positions=cfg.get("positional_embedding_type", "standard") in ("standard", "shortformer"),
             n_experts=_positive(cfg, "num_experts", 1),
+            norm_params=_norm_params(cfg, n_layers, d_model, d_head, attn_only),
         )
 
     @property
@@ -100,11 +103,13 @@ class ModelShape:
         if self.d_mlp:
             per_expert = (3 if self.gated_mlp else 2) * d * self.d_mlp + self.d_mlp + d
             mlp = self.n_experts * per_expert + (d * self.n_experts if self.n_experts > 1 else 0)
-        norms = 2 * d * (1 if self.attn_only else 2)  # at most a gain and a bias per LayerNorm
-        layers = self.n_layers * (attn + mlp + norms)
+        norms = self.norm_params
+        if norms is None:  # a gain and a bias per LayerNorm, one before each sublayer and the last
+            norms = 2 * d * (self.n_layers * (1 if self.attn_only else 2) + 1)
+        layers = self.n_layers * (attn + mlp)
         embed = self.d_vocab * d + (self.n_ctx * d if self.learned_positions else 0)
         unembed = d * (self.d_vocab_out or self.d_vocab) + (self.d_vocab_out or self.d_vocab)
-        return embed + layers + 2 * d + unembed
+        return embed + layers + norms + unembed
 
     def memory_bytes(self, dtype: str, positions: int | None = None) -> tuple[int, int]:
         """(weights, activations) in bytes at ``dtype``. Activations: one sequence of ``positions``
@@ -116,6 +121,20 @@ class ModelShape:
         return self.n_params * size, n * per_position * size
 
 
+def _norm_params(cfg: dict[str, Any], n_layers: int, d_model: int, d_head: int, attn_only: bool) -> int:
+    """Parameters of every norm of a HookedTransformer, as TransformerLens builds them: a
+    LayerNorm has a gain and a bias, an RMSNorm a gain, a folded one (``LNPre``, ``RMSPre``)
+    none; ``final_rms`` makes the last norm an RMSNorm, ``use_normalization_before_and_after``
+    adds an RMSNorm after each sublayer (Gemma-2), ``use_qk_norm`` one on each query and key."""
+    kind = cfg.get("normalization_type", "LN")
+    per_norm = {"LN": 2, "RMS": 1}.get(kind, 0)
+    final = 1 if kind == "LN" and cfg.get("final_rms") else per_norm
+    post = 1 if cfg.get("use_normalization_before_and_after") and kind in ("RMS", "RMSPre") else 0
+    sublayers = 1 if attn_only else 2
+    per_layer = sublayers * (per_norm + post) * d_model + (2 * d_head if cfg.get("use_qk_norm") else 0)
+    return n_layers * per_layer + final * d_model
+
+
 def _enable_edge_hooks(model: Any) -> None:
     # Per-head results are computed from hook_z by ``head_results`` (a batched matmul);
     # TransformerLens's use_attn_result builds a [batch, pos, head, d_head, d_model]
@@ -125,6 +144,7 @@ def _enable_edge_hooks(model: Any) -> None:
     if not model.cfg.attn_only:
         model.set_use_hook_mlp_in(True)
     if getattr(model.cfg, "n_key_value_heads", None):
+        # k/v inputs per query head unless a pass asks for grouped ones (ModelAdapter.kv_inputs)
         model.set_ungroup_grouped_query_attention(True)
 
 
@@ -169,12 +189,23 @@ def _fused_forward(module: Any, affine: bool) -> _Forward:
 
 @dataclass(frozen=True)
 class Norm:
-    """One LayerNorm's constants: ``eps``, and its gain ``w`` and shift ``b`` (``None`` for
-    LayerNormPre, which has neither)."""
+    """One norm's constants: ``eps``, its gain ``w`` and shift ``b`` (``None`` where it has
+    none: LayerNormPre and RMSNormPre neither, RMSNorm no shift), and ``center``: whether it
+    subtracts the mean (LayerNorm, scale ``sqrt(var + eps)``) or not (RMSNorm, scale
+    ``sqrt(mean(x^2) + eps)``)."""
 
     eps: float
     w: torch.Tensor | None
     b: torch.Tensor | None
+    center: bool = True
+
+
+def _norm(module: Any) -> Norm:
+    from transformer_lens.components.rms_norm import RMSNorm
+    from transformer_lens.components.rms_norm_pre import RMSNormPre
+
+    center = not isinstance(module, RMSNorm | RMSNormPre)
+    return Norm(module.eps, getattr(module, "w", None), getattr(module, "b", None), center)
 
 
 class ModelAdapter(NodeMath):
@@ -235,20 +266,30 @@ class ModelAdapter(NodeMath):
 
     # Weights for a forward pass computed elsewhere (attribution's local replacement model).
     def layer_norm(self, layer: int, which: str) -> Norm:
-        """The constants of block ``layer``'s LayerNorm ``which`` (``"ln1"`` before attention,
-        ``"ln2"`` before the MLP)."""
-        module = getattr(self._tl.blocks[layer], which)
-        return Norm(module.eps, getattr(module, "w", None), getattr(module, "b", None))
+        """The constants of block ``layer``'s norm ``which``: ``"ln1"`` before attention,
+        ``"ln2"`` before the MLP, and with normalization after sub-blocks (Gemma-2)
+        ``"ln1_post"`` / ``"ln2_post"`` on the attention / MLP output."""
+        return _norm(getattr(self._tl.blocks[layer], which))
 
     def final_norm(self) -> Norm:
-        """The constants of the LayerNorm before the unembedding (``ln_final``)."""
-        module = self._tl.ln_final
-        return Norm(module.eps, getattr(module, "w", None), getattr(module, "b", None))
+        """The constants of the norm before the unembedding (``ln_final``)."""
+        return _norm(self._tl.ln_final)
+
+    def normalizes_outputs(self) -> bool:
+        """Whether blocks apply ``ln1``/``ln2`` to their sub-blocks' outputs instead of their
+        inputs (TransformerLens's post-norm architectures, OLMo 2 and 3)."""
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+        return self._tl.cfg.original_architecture in POST_NORM_ARCHITECTURES
 
     def attn_ov(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``W_V [H, D, E]``, ``b_V [H, E]``, ``W_O [H, E, D]`` and ``b_O [D]`` of ``layer``:
-        with its attention pattern held fixed, attention is linear in these."""
+        """``W_V [K, D, E]``, ``b_V [K, E]``, ``W_O [H, E, D]`` and ``b_O [D]`` of ``layer``:
+        with its attention pattern held fixed, attention is linear in these. ``K`` key/value
+        heads (``K = H`` but for grouped-query attention, where query head ``h`` reads value
+        head ``h // (H / K)``, TransformerLens's ``repeat_interleave``)."""
         attn = self._tl.blocks[layer].attn
+        if hasattr(attn, "_W_V"):  # grouped-query: the un-repeated value heads
+            return attn._W_V, attn._b_V, attn.W_O, attn.b_O
         return attn.W_V, attn.b_V, attn.W_O, attn.b_O
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,7 +322,8 @@ class ModelAdapter(NodeMath):
 
     @staticmethod
     def hook_head_input(layer: int, qkv: str) -> str:
-        """Per-head residual input to q, k or v ``[batch, pos, head, d_model]``."""
+        """Per-head residual input to q, k or v ``[batch, pos, head, d_model]`` (k and v:
+        per key/value head inside :meth:`kv_inputs` with ``grouped``)."""
         return f"blocks.{layer}.hook_{qkv}_input"
 
     @staticmethod
@@ -301,6 +343,24 @@ class ModelAdapter(NodeMath):
             yield
         finally:
             self._tl.set_use_split_qkv_input(True)
+
+    @contextmanager
+    def kv_inputs(self, grouped: bool) -> Iterator[None]:
+        """Run with the k and v inputs (:meth:`hook_head_input`) of a grouped-query model per
+        key/value head (``grouped``: ``[batch, pos, n_key_value_heads, d_model]``, each read
+        by its group's query heads) or per query head (TransformerLens's ungrouped
+        attention: each key/value head's weights repeated for every query head). No effect
+        on other models."""
+        cfg = self._tl.cfg
+        if not getattr(cfg, "n_key_value_heads", None):
+            yield
+            return
+        before = cfg.ungroup_grouped_query_attention
+        self._tl.set_ungroup_grouped_query_attention(not grouped)
+        try:
+            yield
+        finally:
+            self._tl.set_ungroup_grouped_query_attention(before)
 
     @staticmethod
     def hook_head_qkv(layer: int, qkv: str) -> str:

@@ -5,8 +5,11 @@ Ids: a TransformerLens name (``gpt2-small``), ``zoo:<name>`` (shipped with circu
 ``random:<preset>[@seed]`` (an architecture with seeded random weights) and
 ``local:<dir>``: either ``config.json`` with HookedTransformerConfig fields, ``model.safetensors``
 and an optional ``tokenizer.json``, or a Hugging Face checkpoint as ``save_pretrained`` writes it
-(``config.json`` with ``model_type``/``architectures``, ``model.safetensors``, optional tokenizer
-files), which TransformerLens converts (:func:`circuitd.models.loading.hf_tl_config`).
+(``config.json`` with ``model_type``/``architectures``, its weights in one file or in shards
+named by an index, optional tokenizer files), which TransformerLens converts
+(:func:`circuitd.models.loading.hf_tl_config`). An id needs only ``config.json``: a model is
+sized from its config before its weights are looked for (:func:`circuitd.models.loading.hf_weight_files`),
+so ``circuitd edges`` counts a directory that holds nothing else.
 
 Zoo names and random seeds are parsed strictly (a zoo name is one lowercase path component), so
 no id reaches outside the zoo; which local directories and hub names a caller may use is
@@ -98,12 +101,12 @@ def parse_model_id(model_id: str) -> ModelRef:
     if kind == "local":
         path = Path(rest).expanduser()
         try:
-            usable = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+            usable = (path / "config.json").is_file()
             resolved = path.resolve()
         except OSError as exc:  # a name too long, a directory it may not read: one line, no trace
             raise ModelError(f"local:{rest}: cannot be read ({exc.strerror or 'unreadable'})") from exc
         if not usable:
-            raise ModelError(f"local:{rest}: needs a directory with config.json and model.safetensors")
+            raise ModelError(f"local:{rest}: needs a directory with config.json (and the model's weights)")
         return ModelRef("local", str(resolved))
     raise ModelError(f"unknown model id prefix '{kind}:' (use zoo:, random:, local: or a TL name)")
 

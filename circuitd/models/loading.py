@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from circuitd.errors import ModelError
+from circuitd.errors import ModelError, first_line
 from circuitd.models.adapter import ModelAdapter
 from circuitd.tokenizer import HFTokenizer, Tokenizer
 
@@ -50,10 +50,6 @@ def build_from_config(
     model.to(device, print_details=False)
     model.to(dtype, print_details=False)
     return ModelAdapter(model, tokenizer, model_id)
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @contextmanager
@@ -115,7 +111,7 @@ def load_pretrained(name: str, device: str, dtype: torch.dtype) -> ModelAdapter:
                 dtype=dtype,  # pyright: ignore[reportArgumentType] -- TL's dtype param is unannotated, inferred str; takes torch.dtype
             )
     except Exception as exc:  # network, cache and hub errors all end the same way
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise ModelError(f"model '{name}' could not be loaded (is the hub reachable?): {reason}") from exc
     return ModelAdapter(model, HFTokenizer(model.tokenizer), name)
 
@@ -129,7 +125,7 @@ def pretrained_config(name: str) -> dict[str, Any]:
         with _quiet_hub():
             return get_pretrained_model_config(official, trust_remote_code=False).to_dict()
     except Exception as exc:
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise ModelError(f"model '{name}' could not be resolved (is the hub reachable?): {reason}") from exc
 
 
@@ -247,7 +243,7 @@ def hf_tl_config(folder: Path) -> dict[str, Any]:
     except ModelError:
         raise
     except Exception as exc:  # a field the converter needs is missing or malformed
-        raise ModelError(f"{path}: not a usable {model_type} config: {_first_line(exc)}") from exc
+        raise ModelError(f"{path}: not a usable {model_type} config: {first_line(exc)}") from exc
     cfg = {k: v for k, v in cfg.items() if k not in _TL_DROP}
     if model_type == "gpt2" and raw.get("n_inner"):  # TL assumes 4 * n_embd
         cfg["d_mlp"] = raw["n_inner"]
@@ -256,25 +252,69 @@ def hf_tl_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
+HF_WEIGHTS: tuple[tuple[str, bool, bool], ...] = (
+    ("model.safetensors", True, False),
+    ("model.safetensors.index.json", True, True),
+    ("pytorch_model.bin", False, False),
+    ("pytorch_model.bin.index.json", False, True),
+)
+"""A checkpoint's weight files as ``save_pretrained`` writes them, in the order transformers
+looks for them: (name, safetensors, an index of shards)."""
+
+
+def hf_weight_files(folder: Path, model_id: str) -> tuple[list[Path], bool]:
+    """The weight files of a Hugging Face checkpoint directory (one file, or the shards its
+    index names) and whether they are safetensors. Every file must lie inside the directory
+    (:func:`circuitd.models.dir_files.file_in_dir`); the shards must all exist."""
+    from circuitd.models.dir_files import file_in_dir
+
+    for name, safetensors, indexed in HF_WEIGHTS:
+        if (folder / name).is_file() or (folder / name).is_symlink():
+            path = file_in_dir(folder, name, model_id)
+            return (_index_shards(folder, path) if indexed else [path]), safetensors
+    names = ", ".join(name for name, _, _ in HF_WEIGHTS)
+    raise ModelError(f"{model_id}: no weights in {folder} (looked for {names})")
+
+
+def _index_shards(folder: Path, index: Path) -> list[Path]:
+    """The shard files of a ``*.index.json`` (its ``weight_map``: tensor name -> file name)."""
+    from circuitd.models.dir_files import file_in_dir
+
+    try:
+        doc = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{index}: not readable JSON ({' '.join(str(exc).split())})") from exc
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelError(f"{index}: weight_map: expected an object of tensor name -> shard file")
+    bad = [f for f in weight_map.values() if not isinstance(f, str)]
+    if bad:
+        raise ModelError(f"{index}: weight_map: expected file names, got {bad[0]!r}")
+    return [file_in_dir(folder, f, f"{index}: weight_map") for f in sorted(set(weight_map.values()))]
+
+
 def load_hf_dir(
     folder: Path, cfg: dict[str, Any], model_id: str, device: str, dtype: torch.dtype
 ) -> ModelAdapter:
-    """A Hugging Face checkpoint directory's weights through TransformerLens's per-architecture
-    converter, with the directory's tokenizer when it has one. Never runs the directory's code."""
+    """A Hugging Face checkpoint directory's weights (one file or index and shards, checked by
+    :func:`hf_weight_files` first) through TransformerLens's per-architecture converter, with
+    the directory's tokenizer when it has one. Never runs the directory's code."""
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
     from transformers import AutoModelForCausalLM
 
+    _, safetensors = hf_weight_files(folder, model_id)
     try:
         with _quiet_hub():
             hf_model = AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=False, dtype=torch.float32
+                str(folder), local_files_only=True, trust_remote_code=False, dtype=torch.float32,
+                use_safetensors=safetensors,  # the files just checked, not another format beside them
             )
             hf_model.eval()
             tl_cfg = HookedTransformerConfig(**{**cfg, "device": "cpu", "dtype": torch.float32})
             state = get_pretrained_state_dict(str(folder), tl_cfg, hf_model=hf_model, dtype=torch.float32)
     except Exception as exc:
-        raise ModelError(f"{model_id}: weights could not be loaded: {_first_line(exc)}") from exc
+        raise ModelError(f"{model_id}: weights could not be loaded: {first_line(exc)}") from exc
     del hf_model
     return build_from_config(
         cfg, state, _hf_tokenizer(folder), model_id, device, dtype, zero_missing_biases=True
@@ -292,5 +332,5 @@ def _hf_tokenizer(folder: Path) -> Tokenizer | None:
         with _quiet_hub():
             tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        raise ModelError(f"{folder}: tokenizer could not be loaded: {_first_line(exc)}") from exc
+        raise ModelError(f"{folder}: tokenizer could not be loaded: {first_line(exc)}") from exc
     return HFTokenizer(tok)

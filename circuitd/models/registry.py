@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitd.errors import ModelError
+from circuitd.gpu_memory import free_cuda_of
 from circuitd.lru import LRU
 from circuitd.models.ids import RANDOM_PRESETS, ModelRef, model_dir, parse_model_id
 from circuitd.settings import get_settings
@@ -112,13 +113,20 @@ def check_model_size(model_id: str, dtype: str, shape: ModelShape | None = None)
             f"model: {model_id} has {n:.3g} parameters, "
             f"over CIRCUITD_MAX_MODEL_PARAMS={settings.max_model_params}"
         )
-    weights, activations = shape.memory_bytes(dtype, settings.max_tokens)
-    if weights + activations > settings.max_model_bytes:
+    total, needs = memory_estimate(shape, dtype)
+    if total > settings.max_model_bytes:
         raise ModelError(
-            f"model: {model_id} needs about {_size(weights + activations)} at {dtype} "
-            f"(weights {_size(weights)}, activations {_size(activations)}), "
-            f"over CIRCUITD_MAX_MODEL_BYTES={settings.max_model_bytes}"
+            f"model: {model_id} needs {needs}, over CIRCUITD_MAX_MODEL_BYTES={settings.max_model_bytes}"
         )
+
+
+def memory_estimate(shape: ModelShape, dtype: str) -> tuple[int, str]:
+    """Bytes a model needs at ``dtype`` (its weights and one prompt of ``CIRCUITD_MAX_TOKENS``
+    tokens' activations), from its shape alone, and the same in words for messages."""
+    weights, activations = shape.memory_bytes(dtype, get_settings().max_tokens)
+    total = weights + activations
+    parts = f"weights {_size(weights)}, activations {_size(activations)}"
+    return total, f"about {_size(total)} at {dtype} ({parts})"
 
 
 def _size(n: int) -> str:
@@ -157,17 +165,20 @@ def _load(ref: ModelRef, cfg: dict[str, Any], device: str, dtype: torch.dtype) -
         return loading.load_hf_dir(model_dir(ref), cfg, ref.id, device, dtype)
     from safetensors.torch import load_file
 
+    from circuitd.models.dir_files import file_in_dir
     from circuitd.tokenizer import WordTokenizer
 
     folder = model_dir(ref)
-    state = load_file(str(folder / "model.safetensors"))
+    state = load_file(str(file_in_dir(folder, "model.safetensors", ref.id)))
     tok_path = folder / "tokenizer.json"
     tokenizer = WordTokenizer(tok_path) if tok_path.is_file() else None
     return loading.build_from_config(cfg, state, tokenizer, ref.id, device, dtype)
 
 
 _CACHE: LRU[tuple[str, str, str], ModelAdapter] = LRU(
-    lambda: get_settings().model_cache_size, lambda model: str(model.device)
+    lambda: get_settings().model_cache_size,
+    serial=True,
+    on_drop=free_cuda_of(lambda model: str(model.device)),
 )
 
 
@@ -187,7 +198,7 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "float32") -> Mo
         check_model_size(ref.id, dtype, ModelShape.from_config(cfg))
         return _load(ref, cfg, device, torch_dtype)
 
-    return _CACHE.get((ref.id, device, dtype), load)
+    return _CACHE.get_or_make((ref.id, device, dtype), load)
 
 
 def cached_models() -> list[tuple[str, str, str]]:

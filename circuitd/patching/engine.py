@@ -4,7 +4,8 @@ circuits (``run``). The cached-prefix passes and the edge gradients build on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -52,7 +53,10 @@ def source_hooks(model: ModelAdapter, graph: EdgeGraph, sink: Callable) -> list[
 def dest_hooks(
     model: ModelAdapter, graph: EdgeGraph, add: Callable[[DestGroup, int, torch.Tensor], torch.Tensor]
 ) -> list[tuple[str, HookFn]]:
-    """Hooks at every destination input; ``add(group, qkv, act)`` returns the new input."""
+    """Hooks at every destination input; ``add(group, qkv, act)`` returns the new input.
+    Attention inputs come ``[batch, pos, rows, d_model]`` with the rows of
+    ``graph.part_view`` (k and v per key/value head when the graph groups them: run them
+    inside :meth:`EngineCore.patched_passes`)."""
     hooks: list[tuple[str, HookFn]] = []
     for g in graph.groups:
         if g.kind == "attn":
@@ -100,6 +104,15 @@ class EngineCore:
             raise ValueError("edge graph and model have different shapes")
         self.model = model
         self.graph = graph
+
+    @contextmanager
+    def patched_passes(self) -> Iterator[None]:
+        """Passes whose destination hooks match the graph's layout: k/v inputs per
+        key/value head or per query head (:meth:`ModelAdapter.kv_inputs`). The switch is the
+        model's own state, like :meth:`ModelAdapter.shared_head_inputs`: one job runs on a
+        loaded model at a time (a worker runs one job per process)."""
+        with self.model.kv_inputs(self.graph.kv_grouped):
+            yield
 
     # --- source values -------------------------------------------------------------------
     def source_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -170,9 +183,10 @@ class EngineCore:
         track = alpha.requires_grad
 
         def add(g: DestGroup, x: int, act: torch.Tensor) -> torch.Tensor:
-            w = self.graph.group_view(alpha, g)
             if g.kind == "attn":
-                w = w[:, x if w.shape[1] == 3 else 0]  # [C, H, S]
+                w = self.graph.part_view(alpha, g, x)  # [C, heads or key/value heads, S]
+            else:
+                w = self.graph.group_view(alpha, g)
             if not track and not bool(w.any()):
                 return act
             diff = stack.prefix(g.n_src)  # [S, C, B, P, D]
@@ -184,6 +198,7 @@ class EngineCore:
 
         hooks = source_hooks(self.model, self.graph, stack.add)
         hooks += dest_hooks(self.model, self.graph, add)
-        logits = self.model.run(tokens.repeat(c, 1), hooks)
+        with self.patched_passes():
+            logits = self.model.run(tokens.repeat(c, 1), hooks)
         logits = logits.reshape(c, *tokens.shape, -1)
         return logits[0] if single else logits

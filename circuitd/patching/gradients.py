@@ -15,7 +15,8 @@ from circuitd.patching.engine import BufferSink, EngineCore, dest_hooks, source_
 
 
 class _HeadProbe:
-    """A zero ``[H, B, P, D]`` leaf added to a ``[B, P, H, D]`` head input."""
+    """A zero ``[H, B, P, D]`` leaf added to a ``[B, P, H, D]`` head input (H: heads, or
+    key/value heads for grouped k/v inputs)."""
 
     def __init__(self, leaf: torch.Tensor):
         self.leaf = leaf
@@ -87,7 +88,8 @@ class EdgeGradients(EngineCore):
     ) -> None:
         """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``.
 
-        Attention gradients come per head input ``[H, B, P, D]`` for each of q, k, v, or
+        Attention gradients come per head input ``[H, B, P, D]`` for q and ``[K, B, P, D]``
+        for k and v (``K`` key/value heads when the graph groups them, else ``H``), or
         per layer as ``(layer, grads and values at q/k/v, resid_pre)``, turned into the
         q/k/v head-input gradients of every head here, one layer at a time, in
         ``workspace``. One-row groups (an MLP, the logits) ride along with the next
@@ -102,8 +104,9 @@ class EdgeGradients(EngineCore):
                 riders.append((g, next(it).reshape(-1)))
                 continue
             grad = next(it)
-            rows = 3 * g.n_heads
-            if isinstance(grad, tuple):  # q, k and v of every head at once
+            rows = g.n_dest if g.n_qkv == 3 else 3 * g.n_heads  # unsplit: summed over q, k, v below
+            if isinstance(grad, tuple):  # q, k and v of every head at once (never grouped k/v:
+                # the shared-input gradients are not offered for grouped-query models)
                 layer, qkv_grads, qkv_acts, resid = grad
                 n = rows + len(riders)
                 if not workspace or workspace[0].shape[0] < n:
@@ -113,9 +116,9 @@ class EdgeGradients(EngineCore):
                 self.model.head_input_grads(layer, qkv_grads, qkv_acts, resid, out=head_rows)
                 for i, (_, row) in enumerate(riders):
                     buf[rows + i].copy_(row)
-            else:  # [H, B, P, D] for each of q, k, v
+            else:  # [rows, B, P, D] for each of q, k, v: heads, or key/value heads for k and v
                 parts = [grad, next(it), next(it)]
-                buf = torch.cat([p.reshape(g.n_heads, -1) for p in parts] + [r[None] for _, r in riders])
+                buf = torch.cat([p.reshape(p.shape[0], -1) for p in parts] + [r[None] for _, r in riders])
             block = buf @ flat[: g.n_src].T  # [rows + riders, S]
             self._add_riders(riders, block[rows:], scores)
             block = block[:rows]
@@ -151,7 +154,7 @@ class EdgeGradients(EngineCore):
         answer_pos: torch.Tensor | None,
     ) -> None:
         """One pass with ``hooks`` and the backward pass of its metric."""
-        with torch.enable_grad():
+        with torch.enable_grad(), self.patched_passes():
             final = self.model.run(tokens, hooks, logits=False)
             self._metric_of_final(final, metric_fn, answer_pos).backward()
 
@@ -253,8 +256,8 @@ class EdgeGradients(EngineCore):
         kw = _ProbeKw(device=self.model.device, dtype=self.model.dtype, requires_grad=True)
         out: dict[DestGroup, list[torch.Tensor] | list[_HeadProbe]] = {}
         for g in self.graph.groups:
-            if g.kind == "attn":  # laid out [H, B, P, D] so the gradient reshapes for free
-                heads = [torch.zeros(g.n_heads, b, p, d, **kw) for _ in range(3)]
+            if g.kind == "attn":  # laid out [rows, B, P, D] so the gradient reshapes for free
+                heads = [torch.zeros(g.part(x)[1], b, p, d, **kw) for x in range(3)]
                 out[g] = [_HeadProbe(t) for t in heads]
             else:
                 out[g] = [torch.zeros(b, p, d, **kw)]

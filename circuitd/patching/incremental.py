@@ -30,7 +30,8 @@ answer nodes at one position per prompt. Nodes only lose kept edges as ACDC proc
 a node never turns from an answer node into a full one; an answer node's values at the
 other positions go stale and are never read again.
 
-Needs the adapter's per-node computation (:meth:`ModelAdapter.node_math_supported`).
+Needs the adapter's per-node computation (:meth:`ModelAdapter.node_math_supported`), which
+does not cover grouped-query attention: ACDC runs those models from cached prefixes instead.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class IncrementalPass:
         (None: none)."""
         if not model.node_math_supported():
             raise ValueError(f"{model.model_id}: incremental passes do not support this architecture")
+        if graph.kv_grouped:  # the node math has no key/value heads; grouped-query models are refused above
+            raise ValueError(f"{model.model_id}: incremental passes take no k/v edges per key/value head")
         self.model = model
         self.graph = graph
         self.keep = keep

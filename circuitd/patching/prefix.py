@@ -143,6 +143,13 @@ class PrefixPasses(EngineCore):
         A block whose sources are ablated on every outgoing edge in every circuit is not
         run: no destination reads those outputs, so the residual stream takes their
         ablated values (and the block's attention bias) from ``start`` instead."""
+        with self.patched_passes():
+            return self._run_blocks_from(start, layer, alpha, extra)
+
+    def _run_blocks_from(
+        self, start: CachedPass, layer: int, alpha: torch.Tensor, extra: list[tuple[str, HookFn]]
+    ) -> torch.Tensor:
+        """The body of :meth:`_run_from`, inside :meth:`patched_passes`."""
         graph = self.graph
         g_all = graph.groups
         first = next(g for g in g_all if g.kind == "logits" or g.layer >= layer)
@@ -157,8 +164,8 @@ class PrefixPasses(EngineCore):
         stack = _ChunkStack(start.ablated[n0:], c)
 
         def delta(g: DestGroup, x: int) -> torch.Tensor | None:
-            w = graph.group_view(alpha, g)
-            w = w[:, x if w.shape[1] == 3 else 0] if g.kind == "attn" else w.unsqueeze(1)  # [C, M, S]
+            w = graph.part_view(alpha, g, x) if g.kind == "attn" else graph.group_view(alpha, g).unsqueeze(1)
+            # w: [C, M, S], M the rows of the hook point's head axis (1 for an MLP or the logits)
             if not bool(w.any()):
                 return None
             out = _contract_rows(w[..., :n0], start.diff[:n0])  # [C, M, B, P, D]

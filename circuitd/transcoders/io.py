@@ -24,10 +24,10 @@ On load, circuit-tracer's other layouts are read too:
   under the service's rules only for repositories ``CIRCUITD_HUB_TRANSCODERS`` lists; plain
   names must stay inside the set's directory;
 * the threshold under the bare key ``threshold``;
-* input hooks ``hook_mlp_in``, ``hook_resid_mid`` or ``mlp.hook_in`` and output hooks
-  ``hook_mlp_out`` or ``mlp.hook_out`` (kept as written; see
-  :func:`~circuitd.transcoders.modules.canonical_hook`). ``ln2.hook_normalized`` and every
-  other hook are refused in one line.
+* input hooks ``hook_mlp_in`` / ``hook_resid_mid`` (before ``ln2``), ``ln2.hook_normalized``
+  (after its scale) or ``mlp.hook_in`` (after its gain), and output hooks ``hook_mlp_out`` or
+  ``mlp.hook_out`` (kept as written; their meanings are in :mod:`~circuitd.transcoders.modules`).
+  Every other hook is refused in one line.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from circuitd.access import check_hub_transcoder_uri, is_hub_repo
-from circuitd.errors import CircuitdError
+from circuitd.errors import CircuitdError, first_line
 from circuitd.transcoders.modules import (
     INPUT_HOOK,
     INPUT_HOOKS,
@@ -64,7 +64,6 @@ THRESHOLD_KEY = "activation_function.threshold"
 THRESHOLD_ALIASES = (THRESHOLD_KEY, "threshold")
 """Names a per-layer file may give the JumpReLU threshold (circuitd and circuit-tracer write the first)."""
 LAYER_FILE = re.compile(r"layer_(\d+)\.safetensors")
-POST_NORM_INPUT = "ln2.hook_normalized"
 
 # circuit-tracer's ``model_kind`` for each of our kinds, and every spelling load accepts.
 _CT_KIND = {"transcoder": "transcoder_set", "cross_layer_transcoder": "cross_layer_transcoder"}
@@ -119,11 +118,6 @@ def save(tset: TranscoderSet, directory: str | Path) -> Path:
     return out
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _read_config(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise TranscoderError(f"{directory}: not a directory")
@@ -133,7 +127,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TranscoderError(f"{path}: not valid YAML ({_first_line(exc)})") from exc
+        raise TranscoderError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise TranscoderError(f"{path}: expected a mapping of keys, got {type(config).__name__}")
     return config
@@ -154,7 +148,7 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type, or OSError
-        raise TranscoderError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from exc
+        raise TranscoderError(f"{path}: not a readable safetensors file ({first_line(exc)})") from exc
 
 
 def _take(tensors: dict[str, Tensor], path: Path, name: str, shape: tuple[int, ...] | None) -> Tensor:
@@ -218,18 +212,13 @@ def _read_hooks(config: dict[str, Any], config_path: Path) -> dict[str, str]:
     """The two hook names, as the config spells them, once known to be usable."""
     hooks = {}
     fields = (
-        ("feature_input_hook", INPUT_HOOK, INPUT_HOOKS, "the MLP input before ln2"),
-        ("feature_output_hook", OUTPUT_HOOK, OUTPUT_HOOKS, "the MLP output"),
+        ("feature_input_hook", INPUT_HOOK, INPUT_HOOKS, "an MLP input"),
+        ("feature_output_hook", OUTPUT_HOOK, OUTPUT_HOOKS, "an MLP output"),
     )
     for key, default, accepted, what in fields:
         value = config.get(key, default)
         if not isinstance(value, str) or not value:
             raise TranscoderError(f"{config_path}: {key}: expected a hook name, got {value!r}")
-        if value == POST_NORM_INPUT and key == "feature_input_hook":
-            raise TranscoderError(
-                f"{config_path}: {key}: {value!r} (the input after ln2) is not supported: circuitd's "
-                f"replacement model feeds transcoders {what} ({', '.join(accepted)})"
-            )
         if value not in accepted:
             raise TranscoderError(
                 f"{config_path}: {key}: {value!r} is not {what}; expected one of {', '.join(accepted)}"

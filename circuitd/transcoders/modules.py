@@ -22,13 +22,18 @@ Conventions (shared by single-layer and cross-layer transcoders):
 * Cross-layer: one encoder per layer i and a decoder ``W_dec_i [d_tc, L - i, d_model]``
   writing into layers i..L-1; layer j's reconstruction is
   ``sum_{i <= j} a_i @ W_dec_i[:, j - i] + b_dec_j`` (+ its skip term).
-* Hooks are stored as circuit-tracer does, without the ``blocks.{layer}.`` prefix.
-  circuitd reads features at ``hook_mlp_in`` (the residual stream entering the MLP
-  sub-block, before ``ln2``; the adapter switches that hook on; for sequential blocks it
-  equals circuit-tracer's ``hook_resid_mid``) and reconstructs ``hook_mlp_out``. Sets
-  loaded from disk keep the hook names their config.yaml gives; :func:`canonical_hook` maps
-  every spelling of the same tensor (``hook_resid_mid``, ``mlp.hook_in``; ``mlp.hook_out``)
-  to the internal name, which :meth:`TranscoderSet.input_hook` and the replacement model use.
+* Hooks are stored as circuit-tracer does, without the ``blocks.{layer}.`` prefix, with
+  circuit-tracer's meanings (a TransformerLens block computes ``mlp_in = hook_mlp_in(resid_mid)``,
+  ``mlp_out = hook_mlp_out(mlp(ln2(mlp_in)))``, Gemma-2's ``ln2_post`` inside before
+  ``hook_mlp_out``). Inputs: ``hook_mlp_in`` = ``hook_resid_mid`` (before ``ln2``; the adapter
+  switches that hook on), ``ln2.hook_normalized`` (where TransformerLens 2.x, which
+  circuit-tracer runs on, fires it: a LayerNorm's output after its gain and shift, an RMSNorm's
+  before its gain; TransformerLens 3.x fires it before a LayerNorm's gain too, so sets are read
+  as circuit-tracer wrote them) and ``mlp.hook_in`` (``ln2``'s output, the MLP's own input).
+  Outputs: ``hook_mlp_out`` and ``mlp.hook_out`` (the MLP's own output: the same tensor but
+  where a norm follows the MLP).
+  Sets keep the names their config.yaml gives; :func:`canonical_hook` maps the two spellings
+  of the pre-norm input to one internal name, the *site* the replacement model reads.
 """
 
 from __future__ import annotations
@@ -44,21 +49,26 @@ from circuitd.errors import CircuitdError
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 KINDS = ("transcoder", "cross_layer_transcoder")
 INPUT_HOOK = "hook_mlp_in"
+"""The MLP sub-block's input before ``ln2`` (the residual stream; ``hook_resid_mid`` too)."""
+NORMALIZED_INPUT_HOOK = "ln2.hook_normalized"
+"""``ln2``'s normalised output as circuit-tracer (TransformerLens 2.x) reads it: after a
+LayerNorm's gain and shift, before an RMSNorm's gain."""
+MLP_INPUT_HOOK = "mlp.hook_in"
+"""``ln2``'s output: what the MLP itself reads."""
 OUTPUT_HOOK = "hook_mlp_out"
-INPUT_HOOKS = (INPUT_HOOK, "hook_resid_mid", "mlp.hook_in")
-"""Names of the MLP input before its norm (the same tensor for sequential blocks)."""
-OUTPUT_HOOKS = (OUTPUT_HOOK, "mlp.hook_out")
-"""Names of the MLP block's output."""
+"""What the MLP sub-block adds to the residual stream (after Gemma-2's ``ln2_post``)."""
+MLP_OUTPUT_HOOK = "mlp.hook_out"
+"""The MLP's own output (before Gemma-2's ``ln2_post``; elsewhere :data:`OUTPUT_HOOK`)."""
+INPUT_HOOKS = (INPUT_HOOK, "hook_resid_mid", NORMALIZED_INPUT_HOOK, MLP_INPUT_HOOK)
+"""Every input hook accepted: the MLP input before ``ln2``, after its scale, after its gain."""
+OUTPUT_HOOKS = (OUTPUT_HOOK, MLP_OUTPUT_HOOK)
+"""Every output hook accepted."""
 
 
 def canonical_hook(name: str) -> str:
-    """The internal name (:data:`INPUT_HOOK` / :data:`OUTPUT_HOOK`) for any spelling of the MLP
-    input or output; other names come back unchanged."""
-    if name in INPUT_HOOKS:
-        return INPUT_HOOK
-    if name in OUTPUT_HOOKS:
-        return OUTPUT_HOOK
-    return name
+    """The site a hook name stands for: ``hook_resid_mid`` is :data:`INPUT_HOOK` (the same
+    tensor in a sequential block); every other name comes back unchanged."""
+    return INPUT_HOOK if name == "hook_resid_mid" else name
 
 
 class TranscoderError(CircuitdError, ValueError):
@@ -166,10 +176,14 @@ class TranscoderBase(nn.Module):
     def d_model(self) -> int:
         return self.W_enc.shape[-1]
 
-    def _pre_activations(self, x: Tensor, layer: int | None) -> Tensor:
+    def encoder_weights(self, layer: int | None) -> tuple[Tensor, Tensor]:
+        """The encoder ``W_enc [d_tc, d_model]`` and ``b_enc [d_tc]`` (of ``layer``, when stacked)."""
         if layer is None:
-            return torch.nn.functional.linear(x, self.W_enc, self.b_enc)
-        return torch.nn.functional.linear(x, self.W_enc[layer], self.b_enc[layer])
+            return self.W_enc, self.b_enc
+        return self.W_enc[layer], self.b_enc[layer]
+
+    def _pre_activations(self, x: Tensor, layer: int | None) -> Tensor:
+        return torch.nn.functional.linear(x, *self.encoder_weights(layer))
 
     def _encode(self, x: Tensor, layer: int | None) -> Tensor:
         threshold = self.threshold if layer is None or self.threshold is None else self.threshold[layer]
@@ -418,8 +432,9 @@ class TranscoderSet(nn.Module):
         return canonical_hook(self.feature_output_hook)
 
     def input_hook(self, layer: int) -> str:
-        """Full hook name the features of ``layer`` read, e.g. ``blocks.3.hook_mlp_in``
-        (internal name, whatever spelling the config used)."""
+        """Full name of the site the features of ``layer`` read, e.g. ``blocks.3.hook_mlp_in``
+        (internal name, whatever spelling the config used; ``mlp.hook_in`` and ``mlp.hook_out``
+        are circuit-tracer's names, not HookedTransformer hook points)."""
         return f"blocks.{layer}.{self.input_site}"
 
     def output_hook(self, layer: int) -> str:
@@ -437,6 +452,16 @@ class TranscoderSet(nn.Module):
         if self.clt is not None:
             return self.clt.pre_activations(layer, x)
         return self.transcoder(layer).pre_activations(x)
+
+    def encoder_rows(self, layer: int, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder rows ``[F, d_model]`` and biases ``[F]`` of ``features`` of ``layer``: the
+        linear map of :meth:`pre_activations`, so one feature's pre-activation is read without
+        computing its layer's ``d_tc`` others."""
+        if self.clt is not None:
+            w, b = self.clt.encoder_weights(layer)
+        else:
+            w, b = self.transcoder(layer).encoder_weights(None)
+        return w[features], b[features]
 
     def encode(self, layer: int, x: Tensor) -> Tensor:
         """Layer ``layer``'s feature activations ``[..., d_tc]`` from its input ``x``."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuitd.access import is_hub_repo
-from circuitd.errors import CircuitdError
+from circuitd.errors import CircuitdError, first_line
+from circuitd.gpu_memory import free_cuda_of
 from circuitd.lru import LRU
 from circuitd.models.adapter import ModelAdapter
 from circuitd.models.ids import ZOO_DIR, parse_model_id
@@ -21,7 +22,9 @@ HUB_FILES = [CONFIG_FILE, "*.safetensors"]
 """What a hub snapshot fetches: the set's config and weights at the repository's top level."""
 
 _CACHE: LRU[tuple[str, str, str], TranscoderSet] = LRU(
-    lambda: get_settings().transcoder_cache_size, lambda tset: str(tset.device)
+    lambda: get_settings().transcoder_cache_size,
+    serial=True,
+    on_drop=free_cuda_of(lambda tset: str(tset.device)),
 )
 
 
@@ -38,8 +41,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, ignore_patterns=["*/*"]))
     except Exception as exc:  # offline, unknown repo, no permission: one line either way
-        first = " ".join(str(exc).split())[:200]
-        raise CircuitdError(f"transcoders: cannot fetch hub repo '{repo_id}': {first}") from exc
+        raise CircuitdError(f"transcoders: cannot fetch hub repo '{repo_id}': {first_line(exc)}") from exc
 
 
 def load_transcoders(source: str | None, model: ModelAdapter) -> TranscoderSet:
@@ -58,7 +60,7 @@ def load_transcoders(source: str | None, model: ModelAdapter) -> TranscoderSet:
     else:
         raise CircuitdError(f"transcoders: '{source}' is neither a directory nor a hub repo id (org/name)")
     key = (str(path.resolve()), str(model.device), str(model.dtype))
-    return _CACHE.get(key, lambda: load(path).to(model.device, model.dtype))
+    return _CACHE.get_or_make(key, lambda: load(path).to(model.device, model.dtype))
 
 
 def cached_transcoders() -> list[tuple[str, str, str]]:

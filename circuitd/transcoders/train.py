@@ -38,7 +38,14 @@ from torch import Tensor
 from circuitd.errors import CircuitdError
 from circuitd.models.adapter import ModelAdapter
 from circuitd.transcoders.io import save
-from circuitd.transcoders.modules import Transcoder, TranscoderSet, activate
+from circuitd.transcoders.modules import (
+    INPUT_HOOK,
+    OUTPUT_HOOK,
+    Transcoder,
+    TranscoderError,
+    TranscoderSet,
+    activate,
+)
 
 CARD_FILE = "card.json"
 CORPORA = ("synth", "tasks")
@@ -215,7 +222,14 @@ def layer_figures(tset: TranscoderSet, x: Tensor, y: Tensor) -> list[dict[str, f
 def replacement_hooks(
     adapter: ModelAdapter, tset: TranscoderSet
 ) -> list[tuple[str, Callable[[Tensor], Tensor | None]]]:
-    """Hooks that replace every MLP output by its transcoder's reconstruction (features live)."""
+    """Hooks that replace every MLP output by its transcoder's reconstruction (features live).
+    They read ``hook_mlp_in`` and write ``hook_mlp_out``, the sites trained sets use; a set read
+    or written elsewhere is refused rather than fed the wrong tensor."""
+    if (tset.input_site, tset.output_site) != (INPUT_HOOK, OUTPUT_HOOK):
+        raise TranscoderError(
+            f"replacement hooks: the set reads {tset.feature_input_hook} and writes "
+            f"{tset.feature_output_hook}; only {INPUT_HOOK} / {OUTPUT_HOOK} are hooked here"
+        )
     inputs: list[Tensor] = []
     hooks: list[tuple[str, Callable[[Tensor], Tensor | None]]] = []
     for layer in range(tset.n_layers):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from api.caches import Lru, PrunedViews
+from api.caches import PrunedViews
+from circuitd.lru import LRU
 from graphs import attribution_queries as aq
 from graphs.attribution_networkx import to_networkx
 from tests.graphs.test_attribution import hand_graph
@@ -34,7 +35,7 @@ def test_views_are_cached_per_job_and_thresholds() -> None:
 
 
 def test_lru_keeps_the_most_recently_used() -> None:
-    lru: Lru[str, int] = Lru(2)
+    lru: LRU[str, int] = LRU(2)
     lru.put("a", 1)
     lru.put("b", 2)
     assert lru.get("a") == 1  # a is now the most recent

@@ -9,7 +9,9 @@ import dataclasses
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from circuitd.access import full_access
 from circuitd.attribution import (
     AttributionError,
     ReplacementContext,
@@ -21,8 +23,10 @@ from circuitd.attribution import (
     source_vectors,
     target_readouts,
 )
+from circuitd.discover import discover
 from circuitd.models.registry import load_model
-from circuitd.transcoders import random_transcoders
+from circuitd.spec import JobSpec
+from circuitd.transcoders import random_transcoders, save
 from graphs.attribution_graph import check_nodes, logit_weights, normalized_abs
 
 TOL = dict(atol=1e-4, rtol=0.0)
@@ -137,6 +141,22 @@ def test_doubling_feature_activations(attributed):
     change = target_readouts(ctx, nodes, dataclasses.replace(ctx, activations=acts).forward("frozen")) - base
     torch.testing.assert_close(change, att.adjacency[targets][:, picks].sum(1).to(change.dtype), **TOL)
 
+def _source_jacobian(ctx, nodes, emb: torch.Tensor, out: torch.Tensor, n_src: int) -> torch.Tensor:
+    """Autograd Jacobian of every target's read-out with respect to the coefficient of each
+    source vector (``emb [S, P, D]`` at the token vectors, ``out [S, L, P, D]`` at the MLP
+    outputs) in the frozen replacement model: the adjacency columns, computed independently."""
+
+    def readouts(coef: torch.Tensor) -> torch.Tensor:
+        run = ctx.forward(
+            "frozen",
+            embed_delta=torch.einsum("s,spd->pd", coef, emb),
+            out_delta=torch.einsum("s,slpd->lpd", coef, out),
+        )
+        return target_readouts(ctx, nodes, run)
+
+    return torch.autograd.functional.jacobian(readouts, torch.zeros(n_src))
+
+
 
 @pytest.mark.parametrize("kind", ["transcoder", "cross_layer_transcoder"])
 def test_adjacency_equals_autograd_jacobian(kind):
@@ -148,15 +168,7 @@ def test_adjacency_equals_autograd_jacobian(kind):
     nodes = att.nodes
     out, emb, src = source_vectors(ctx, nodes)
 
-    def readouts(coef: torch.Tensor) -> torch.Tensor:
-        run = ctx.forward(
-            "frozen",
-            embed_delta=torch.einsum("s,spd->pd", coef, emb),
-            out_delta=torch.einsum("s,slpd->lpd", coef, out),
-        )
-        return target_readouts(ctx, nodes, run)
-
-    jac = torch.autograd.functional.jacobian(readouts, torch.zeros(len(src)))
+    jac = _source_jacobian(ctx, nodes, emb, out, len(src))
     expected = att.adjacency[_targets(nodes)][:, src].to(jac.dtype)
     torch.testing.assert_close(jac, expected, **TOL)
 
@@ -262,3 +274,170 @@ def test_interventions_match_the_graphs_prediction(kind):
         assert abs(c.predicted - c.predicted_direct) > 1e-6  # the feature edges do matter
     with pytest.raises(AttributionError, match="logit"):
         check_interventions(ctx, A, nodes, [len(nodes) - 1])
+
+
+# ------------------------------------------------------------- circuit-tracer's convention
+
+
+def _basis(ctx: ReplacementContext, nodes, w_e: torch.Tensor):
+    """Each source's unit of output, built here from the transcoders' weights and the recorded
+    activations (not by circuitd's source_vectors): circuit-tracer's token vector is the token
+    embedding ``W_E[token]`` alone, its error vectors at position 0 are zero."""
+    src = [i for i, n in enumerate(nodes) if n.kind != "logit"]
+    emb = torch.zeros(len(src), *ctx.embed.shape)
+    out = torch.zeros(len(src), *ctx.mlp_out.shape)
+    for s, i in enumerate(src):
+        n = nodes[i]
+        if n.kind == "feature":
+            out[s, n.layer, n.pos] = (
+                ctx.activations[n.layer, n.pos, n.index]
+                * (ctx.transcoders.transcoder(n.layer).W_dec[n.index])
+            )
+        elif n.kind == "error" and n.pos > 0:
+            out[s, n.layer, n.pos] = ctx.mlp_out[n.layer, n.pos] - ctx.reconstruction[n.layer, n.pos]
+        elif n.kind == "token":
+            emb[s, n.pos] = w_e[n.pos]
+    return src, emb, out
+
+
+def test_circuit_tracer_convention_equals_an_autograd_jacobian():
+    """``convention="circuit-tracer"``: every column is d(read-out)/d(source coefficient) of the
+    frozen linear model (torch.autograd.functional.jacobian) with circuit-tracer's source vectors;
+    position 0 has error nodes with all-zero columns; the circuitd graph is the same but for the
+    token columns, which differ by the positional embedding's own effect ``J_embed @ W_pos``."""
+    ctx = _context("tiny", "transcoder", "jumprelu", True, d_tc=16, n_pos=5)
+    ct = attribute(ctx, batch_size=5, convention="circuit-tracer")
+    cd = attribute(ctx, batch_size=5)
+    assert ct.convention == "circuit-tracer" and cd.convention == "circuitd"
+    nodes = ct.nodes
+    tl = ctx.adapter.hooked_transformer
+    w_e, w_pos = tl.W_E[ctx.tokens].detach(), tl.W_pos[: ctx.n_pos].detach()
+    src, emb, out = _basis(ctx, nodes, w_e)
+
+    jac = _source_jacobian(ctx, nodes, emb, out, len(src))
+    targets = _targets(nodes)
+    torch.testing.assert_close(ct.adjacency[targets][:, src].to(jac.dtype), jac, **TOL)
+    assert jac.abs().max() > 0.1  # not a vacuous comparison
+
+    bos = [i for i, n in enumerate(nodes) if n.kind == "error" and n.pos == 0]
+    assert sorted(nodes[i].layer for i in bos) == list(range(ctx.n_layers))
+    assert (ct.adjacency[:, bos] == 0).all()
+
+    # circuitd's nodes are circuit-tracer's without the error nodes at position 0 (logit
+    # probabilities in float32 rather than float64)
+    def key(n):
+        return n.kind, n.layer, n.pos, n.index
+
+    rest = [n for n in nodes if not (n.kind == "error" and n.pos == 0)]
+    assert [key(n) for n in cd.nodes] == [key(n) for n in rest]
+    for a, b in zip(cd.nodes, rest, strict=True):
+        if a.kind == "logit":
+            assert a.prob == pytest.approx(b.prob, rel=1e-6)
+        else:
+            assert a == b
+    keep = [i for i in range(len(nodes)) if i not in bos]
+    same = [j for j, n in enumerate(cd.nodes) if n.kind != "token"]
+    torch.testing.assert_close(cd.adjacency[:, same], ct.adjacency[keep][:, keep][:, same], **TOL)
+
+    def embed_readouts(delta: torch.Tensor) -> torch.Tensor:
+        return target_readouts(ctx, nodes, ctx.forward("frozen", embed_delta=delta))
+
+    j_embed = torch.autograd.functional.jacobian(embed_readouts, torch.zeros_like(ctx.embed))  # [T, P, D]
+    toks = [j for j, n in enumerate(cd.nodes) if n.kind == "token"]
+    cd_rows = [j for j, n in enumerate(cd.nodes) if n.kind in ("feature", "logit")]
+    ct_tok = [i for i, n in enumerate(nodes) if n.kind == "token"]
+    shift = torch.einsum("tpd,pd->tp", j_embed, w_pos)
+    torch.testing.assert_close(
+        cd.adjacency[cd_rows][:, toks].to(shift.dtype),
+        ct.adjacency[targets][:, ct_tok].to(shift.dtype) + shift,
+        **TOL,
+    )
+    assert shift.abs().max() > 1e-3  # the positional embedding does reach the targets
+
+
+def test_circuit_tracer_logit_selection_is_its_float32_rule():
+    """circuit-tracer picks ``topk`` of the float32 softmax and cuts at
+    ``searchsorted(cumsum, p) + 1``; at p equal to each float32 cumulative sum the choice must be
+    exactly that (float64 sums can fall just short or land just over)."""
+    logits = torch.randn(200, generator=torch.Generator().manual_seed(5)) * 3
+    probs = logits.softmax(-1)
+    top_p, top_i = probs.topk(10)
+    cum = top_p.cumsum(0)
+    for p in [*cum.tolist(), 0.5, 0.95, 1.0]:
+        cut = int(torch.searchsorted(cum, p)) + 1
+        ids, ps = select_logits(logits, p, 10, convention="circuit-tracer")
+        assert ids == top_i[:cut].tolist()
+        assert ps == top_p[:cut].tolist()  # the float32 probabilities themselves
+
+
+def test_unknown_convention_is_refused():
+    ctx = _context("tiny", "transcoder", "relu", False, d_tc=8, n_pos=3)
+    with pytest.raises(
+        AttributionError, match="convention: expected one of circuitd, circuit-tracer, got 'x'$"
+    ):
+        attribute(ctx, convention="x")
+
+
+def test_convention_through_the_job_spec(tmp_path):
+    """The method's ``convention`` parameter reaches the graph, its metadata and validation: an
+    error node at position 0 exists and scaling it changes nothing; scaling a token node moves
+    each logit by its token-only edge."""
+    tcs = random_transcoders(2, 64, 16, "transcoder", "relu", True, seed=1)
+    save(tcs, tmp_path)
+    prompt = [0, 5, 9, 33, 2]
+    base = dict(model="random:tiny@0", method="attribution-graph", prompt=prompt, transcoders=str(tmp_path))
+    with full_access():
+        with pytest.raises(ValidationError, match="convention"):
+            JobSpec(**base, convention="tracer")
+        spec = JobSpec(**base, convention="circuit-tracer", validate_nodes=["0_E_0", "E_5_1"])
+        result = discover(spec)
+    g = result.full_graph.graph
+    assert g["params"]["convention"] == "circuit-tracer"
+    assert "0_E_0" in result.full_graph.nodes and "1_E_0" in result.full_graph.nodes
+    targets = g["metrics"]["validation"]["targets"]
+    assert targets
+    att = attribute(
+        record(load_model("random:tiny@0"), tcs, torch.tensor(prompt)), convention="circuit-tracer"
+    )
+    token = next(i for i, n in enumerate(att.nodes) if n.kind == "token" and n.pos == 1)
+    logit_of = {n.index: i for i, n in enumerate(att.nodes) if n.kind == "logit"}
+    for t in targets:  # logit ids are "{L+1}_{token}_{pos}"
+        edge = float(att.adjacency[logit_of[int(t["logit"].split("_")[1])], token])
+        assert abs(edge) > 1e-4
+        # ablation (scale 0) removes the token's edge; the error node at position 0 adds nothing
+        assert t["predicted_direct"] == pytest.approx(-edge, abs=1e-6)
+        assert t["actual_direct"] == pytest.approx(-edge, abs=1e-4)
+
+
+# ------------------------------------------------------------- transcoder sites and refusals
+
+
+def test_sets_reading_other_hooks_are_refused_in_one_line():
+    adapter = load_model("random:tiny@0")
+    cfg = adapter.shape
+    for hooks in (
+        {"feature_input_hook": "hook_resid_pre"},
+        {"feature_output_hook": "hook_resid_post"},
+    ):
+        tcs = random_transcoders(cfg.n_layers, cfg.d_model, 8, **hooks)
+        with pytest.raises(AttributionError) as err:
+            record(adapter, tcs, torch.tensor([1, 2, 3]))
+        msg = str(err.value)
+        assert "must read an MLP input" in msg and next(iter(hooks.values())) in msg and "\n" not in msg
+
+
+def test_frozen_norm_scales_are_the_norms_own():
+    """LayerNorm's frozen scale is sqrt(var + eps) of its input, RMSNorm's sqrt(mean(x²) + eps):
+    each equals TransformerLens's own hook_scale (its unfused LayerNorm; RMSNorm is never fused)."""
+    from transformer_lens.components.layer_norm import LayerNorm
+
+    ctx = _context("tiny", "transcoder", "relu", False, d_tc=8, n_pos=4)
+    ln1 = ctx.adapter.hooked_transformer.blocks[1].ln1
+    assert isinstance(ln1, LayerNorm)
+    seen = []
+    handle = ln1.hook_scale.register_forward_hook(lambda m, i, out: seen.append(out))
+    try:
+        LayerNorm.forward(ln1, ctx.resid_pre[1])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(ctx.ln1_scale[1], seen[0][:, 0], atol=1e-6, rtol=1e-6)

@@ -120,3 +120,21 @@ def test_reprune_cli_equals_a_fresh_graph_at_those_thresholds(tmp_path):
     bad = subprocess.run([*CLI, "reprune", str(fresh), "--out", str(tmp_path / "x.json")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "holds only its pruned part" in bad.stderr
+
+
+def test_validate_graph_uses_the_graphs_convention(tmp_path):
+    """A circuit-tracer-convention graph is validated with its own token vectors (token
+    embedding only): each token node's predicted direct effect on the logits equals the
+    measured one, as it does for circuitd's convention."""
+    worst = {}
+    for convention in ("circuitd", "circuit-tracer"):
+        out = tmp_path / f"{convention}.json"
+        _cli("discover", "--model", "zoo:synth", "--method", "attribution-graph", "--task", "ioi",
+             "--all-edges", "--convention", convention, "--out", str(out))
+        graph = read_json(out)
+        assert graph.graph["params"]["convention"] == convention
+        token = [k for k, d in graph.nodes(data=True) if d["kind"] == "token"][3]
+        run = _cli("validate-graph", "--graph", str(out), "--node", token, "--scale", "0")
+        rows = [line.split() for line in run.stdout.splitlines()[2:-1]]
+        worst[convention] = max(abs(float(r[-2]) - float(r[-1])) for r in rows)
+    assert worst["circuit-tracer"] < 1e-4 and worst["circuitd"] < 1e-4, worst

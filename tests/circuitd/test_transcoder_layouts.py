@@ -125,15 +125,20 @@ def synth() -> tuple[Any, Path, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("input_hook", "output_hook"),
+    ("input_hook", "output_hook", "sites"),
     [
-        ("hook_resid_mid", "hook_mlp_out"),
-        ("hook_mlp_in", "hook_mlp_out"),
-        ("mlp.hook_in", "mlp.hook_out"),
+        ("hook_resid_mid", "hook_mlp_out", ("hook_mlp_in", "hook_mlp_out")),
+        ("hook_mlp_in", "hook_mlp_out", ("hook_mlp_in", "hook_mlp_out")),
+        # the MLP's own output is hook_mlp_out where no norm follows the MLP (zoo:synth)
+        ("hook_mlp_in", "mlp.hook_out", ("hook_mlp_in", "mlp.hook_out")),
     ],
 )
-def test_each_input_hook_gives_the_same_graph(
-    synth: tuple[Any, Path, torch.Tensor], tmp_path: Path, input_hook: str, output_hook: str
+def test_each_spelling_of_the_same_tensors_gives_the_same_graph(
+    synth: tuple[Any, Path, torch.Tensor],
+    tmp_path: Path,
+    input_hook: str,
+    output_hook: str,
+    sites: tuple[str, str],
 ) -> None:
     adapter, source, adjacency = synth
     theirs = _cache_layout(
@@ -141,18 +146,67 @@ def test_each_input_hook_gives_the_same_graph(
     )
     tset = load(theirs)
     assert (tset.feature_input_hook, tset.feature_output_hook) == (input_hook, output_hook)
-    assert (tset.input_site, tset.output_site) == ("hook_mlp_in", "hook_mlp_out")
+    assert (tset.input_site, tset.output_site) == sites
     got = attribute(record(adapter, tset.to(adapter.device, adapter.dtype), torch.tensor(PROMPT))).adjacency
     assert got.shape == adjacency.shape
     torch.testing.assert_close(got, adjacency, atol=1e-5, rtol=0.0)
 
 
+def _ln2(adapter: Any, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ln2``'s output at ``x`` before and after its gain and shift, by TransformerLens's own
+    (unfused) LayerNorm with its ``hook_normalized`` read."""
+    from transformer_lens.components.layer_norm import LayerNorm
+
+    ln2 = adapter.hooked_transformer.blocks[layer].ln2
+    assert isinstance(ln2, LayerNorm)
+    seen: list[torch.Tensor] = []
+    handle = ln2.hook_normalized.register_forward_hook(lambda m, i, out: seen.append(out))
+    try:
+        after = LayerNorm.forward(ln2, x)
+    finally:
+        handle.remove()
+    return seen[0], after
+
+
+@pytest.mark.parametrize("input_hook", ["ln2.hook_normalized", "mlp.hook_in"])
+def test_post_norm_inputs_read_ln2s_output(
+    synth: tuple[Any, Path, torch.Tensor], tmp_path: Path, input_hook: str
+) -> None:
+    """A set reading after ``ln2`` is loaded as written and fed ``ln2``'s output: its recorded
+    activations are ``encode`` of TransformerLens's tensor at that hook, not of the residual
+    stream. On this LayerNorm model both hooks read ``ln2``'s output after its gain and shift:
+    ``mlp.hook_in`` by definition, ``ln2.hook_normalized`` where circuit-tracer's TransformerLens
+    2.x fires it (3.x fires it before the gain: ``normalized`` here, which must differ)."""
+    adapter, source, _ = synth
+    tset = load(_cache_layout(source, tmp_path / "theirs", feature_input_hook=input_hook))
+    assert tset.input_site == input_hook
+    tset = tset.to(adapter.device, adapter.dtype)
+    ctx = record(adapter, tset, torch.tensor(PROMPT))
+    for layer in range(ctx.n_layers):
+        normalized, after = _ln2(adapter, layer, ctx.mlp_resid[layer])
+        expected = after
+        torch.testing.assert_close(ctx.mlp_in[layer], expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ctx.mlp_in[layer], normalized, atol=1e-3)  # the gain is applied
+        torch.testing.assert_close(ctx.activations[layer], tset.encode(layer, expected), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(ctx.mlp_in[layer], ctx.mlp_resid[layer], atol=1e-2)
+    torch.testing.assert_close(ctx.forward("frozen").logits, ctx.logits, atol=1e-4, rtol=0.0)
+
+
+def test_replacement_hooks_refuse_post_norm_inputs() -> None:
+    from circuitd.transcoders.train import replacement_hooks
+
+    adapter = load_model("random:tiny@0")
+    tset = random_transcoders(2, adapter.shape.d_model, 8, feature_input_hook="mlp.hook_in")
+    with pytest.raises(TranscoderError) as exc:
+        replacement_hooks(adapter, tset)
+    assert "the set reads mlp.hook_in and writes hook_mlp_out" in _one_line(exc)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("feature_input_hook", "ln2.hook_normalized", "the input after ln2) is not supported"),
-        ("feature_input_hook", "hook_resid_pre", "is not the MLP input before ln2"),
-        ("feature_output_hook", "hook_resid_post", "is not the MLP output"),
+        ("feature_input_hook", "hook_resid_pre", "is not an MLP input"),
+        ("feature_output_hook", "hook_resid_post", "is not an MLP output"),
         ("feature_input_hook", 3, "expected a hook name"),
     ],
 )

@@ -3,11 +3,12 @@ the inputless-node rule of the prefilter: the graph walk both ACDC paths share."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from circuitd.edges import EdgeGraph, head_name, mlp_name
+from circuitd.edges import DestGroup, EdgeGraph, head_name, kv_name, mlp_name
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,9 @@ class DestNode:
     """A destination node and its incoming edges in test order."""
 
     name: str
-    node: int  # node index (the source index; n_sources for the logits)
+    # node index (the source index; n_sources for the logits); for a key/value head of a
+    # grouped graph, the query heads that read it
+    node: int | tuple[int, ...]
     start: int  # the block a pass for its tests starts at (n_layers: the logits alone)
     edges: tuple[int, ...]
 
@@ -37,15 +40,34 @@ def visit_order(graph: EdgeGraph) -> list[list[DestNode]]:
         if mlp is not None:
             edges = block(mlp.offset, mlp.n_src)
             out.append([DestNode(mlp_name(layer), graph.mlp_source(layer), layer, edges)])
-        g = by_kind[("attn", layer)]
-        heads = []
-        for h in reversed(range(g.n_heads)):
-            edges = ()
-            for x in range(g.n_qkv):
-                edges += block(g.offset + (x * g.n_heads + h) * g.n_src, g.n_src)
-            heads.append(DestNode(head_name(layer, h), graph.head_source(layer, h), layer, edges))
-        out.append(heads)
+        out.append(_attention_nodes(graph, by_kind[("attn", layer)], block))
     return out
+
+
+def _attention_nodes(
+    graph: EdgeGraph, g: DestGroup, block: Callable[[int, int], tuple[int, ...]]
+) -> list[DestNode]:
+    """The destination nodes of one attention layer, last head first, each head with its
+    q, k, v edges; in a grouped graph each key/value head (with its k and v edges) follows
+    the query heads of its group."""
+    layer, r = g.layer, g.group_size if graph.kv_grouped else 1
+    nodes = []
+    for kv in reversed(range(g.n_heads // r)):
+        heads = range(kv * r, (kv + 1) * r)
+        for h in reversed(heads):
+            edges: tuple[int, ...] = ()
+            for x in range(1 if r > 1 else g.n_qkv):
+                first, _ = g.part(x)
+                edges += block(g.offset + (first + h) * g.n_src, g.n_src)
+            nodes.append(DestNode(head_name(layer, h), graph.head_source(layer, h), layer, edges))
+        if r > 1:
+            edges = ()
+            for x in (1, 2):
+                first, _ = g.part(x)
+                edges += block(g.offset + (first + kv) * g.n_src, g.n_src)
+            reads = tuple(graph.head_source(layer, h) for h in heads)
+            nodes.append(DestNode(kv_name(layer, kv), reads, layer, edges))
+    return nodes
 
 
 class Liveness:
@@ -58,7 +80,10 @@ class Liveness:
         self.out = list(torch.split(order, counts))
         self.logits = graph.n_sources
 
-    def __call__(self, keep: torch.Tensor, node: int) -> bool:
+    def __call__(self, keep: torch.Tensor, node: int | tuple[int, ...]) -> bool:
+        """Whether ``node`` (or any of several nodes: the readers of a key/value head) is live."""
+        if isinstance(node, tuple):
+            return any(self(keep, n) for n in node)
         return node == self.logits or bool(keep[self.out[node]].any())
 
 
@@ -67,11 +92,11 @@ def drop_inputless(graph: EdgeGraph, keep: torch.Tensor) -> torch.Tensor:
     fixpoint. Exact under resample ablation: such a node reads every source's corrupted
     output, so it computes its own corrupted output, its ablated value, and its outgoing
     edges change nothing; ACDC would test each of them only to remove it."""
-    _, src, dst, _ = graph.edge_table
-    src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+    src_t = torch.tensor(graph.edge_table[1])
+    inc_edge, inc_node = (torch.tensor(t) for t in graph.dest_incidence)
     keep = keep.cpu().clone()
     while True:
-        has_in = torch.bincount(dst_t[keep], minlength=len(graph.nodes)) > 0
+        has_in = torch.bincount(inc_node[keep[inc_edge]], minlength=len(graph.nodes)) > 0
         has_in[0] = True  # the input has no incoming edges to lose
         new = keep & has_in[src_t]
         if torch.equal(new, keep):
