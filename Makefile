@@ -27,7 +27,7 @@ lint: install
 
 # The full suite: every tier (slow, service, browser, gpu; gpu tests skip without CUDA).
 test: install lint
-	bash scripts/ensure-redis.sh
+	bash scripts/ensure-redis.sh && bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 # Everything unmarked: the quick tier to run while working (no services started, no slow sweeps).

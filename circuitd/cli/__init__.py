@@ -7,7 +7,7 @@ requests and by the worker's forked children.
 
 The subcommands live beside this module: ``analysis`` (in-process circuit discovery and its
 files), ``mib`` (MIB circuit-track export and checks), ``service`` (run the service and talk to
-it), ``training`` (zoo models, transcoders).
+it), ``training`` (zoo models, transcoders), ``view`` (a graph file as an offline HTML page).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     from circuitd.cli.mib import add_mib_commands
     from circuitd.cli.service import add_service_commands
     from circuitd.cli.training import add_training_commands
+    from circuitd.cli.view import add_view_commands
 
     parser = argparse.ArgumentParser(prog="circuitd", description="Automated circuit discovery.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mib_commands(sub)
     add_service_commands(sub)
     add_training_commands(sub)
+    add_view_commands(sub)
     return parser
 
 

@@ -1,0 +1,109 @@
+"""Headless Chromium for the browser tests: Debian's binary driven through Playwright, offline.
+
+Playwright's own browser download cannot reach its server on the build machines, so the tests
+launch the system chromium (``scripts/ensure-chromium.sh`` installs it; ``make test`` runs that).
+A missing binary fails the tests instead of skipping them, so the browser tier never silently
+passes without a browser. Every page gets a watch that fails the test on a console error, an
+uncaught page error or any request that is not ``file:`` or ``data:`` (the viewer must work offline),
+and a screenshot under ``build/screenshots/`` to look at afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route, sync_playwright
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+LOCAL_SCHEMES = ("file:", "data:")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+_PROBLEMS = pytest.StashKey[list[str]]()
+
+
+def find_chromium() -> str:
+    """The chromium binary: ``$CIRCUITD_CHROMIUM`` if set, else ``chromium`` or ``chromium-browser``
+    on PATH; fails the test with one line when there is none."""
+    override = os.environ.get("CIRCUITD_CHROMIUM")
+    if override:
+        path = shutil.which(override)
+        if path is None:
+            pytest.fail(f"CIRCUITD_CHROMIUM={override!r} is not an executable", pytrace=False)
+        return path
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    pytest.fail(
+        "no chromium binary (chromium, chromium-browser or $CIRCUITD_CHROMIUM): "
+        "run `bash scripts/ensure-chromium.sh` (make test does)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the session; ``--no-sandbox`` as root, where Chromium's sandbox
+    refuses to start."""
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    executable = find_chromium()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
+        yield launched
+        launched.close()
+
+
+def watch(context: BrowserContext, page: Page) -> list[str]:
+    """Record what should never happen on an offline page, one readable line each: console
+    errors, uncaught exceptions, and requests that leave ``file:``/``data:`` (those are aborted)."""
+    problems: list[str] = []
+
+    def route(r: Route) -> None:
+        url = r.request.url
+        if url.startswith(LOCAL_SCHEMES):
+            r.continue_()
+        else:
+            problems.append(f"network request blocked: {url}")
+            r.abort()
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console error: {message.text}")
+
+    context.route("**/*", route)
+    page.on("console", console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    return problems
+
+
+def screenshot_path(test_name: str) -> Path:
+    """``build/screenshots/<test name>.png``, parametrization brackets and all made file-safe."""
+    return SCREENSHOTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', test_name).strip('_')}.png"
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh page under :func:`watch`; the test fails on any problem it recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    new_page = context.new_page()
+    request.node.stash[_PROBLEMS] = watch(context, new_page)
+    try:
+        yield new_page
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        new_page.screenshot(path=screenshot_path(request.node.name), full_page=True)
+        context.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Fail the test itself (not its teardown) when its page recorded a problem."""
+    result = yield
+    problems = item.stash.get(_PROBLEMS, [])
+    if problems:
+        pytest.fail(f"{len(problems)} browser problem(s): " + " | ".join(problems), pytrace=False)
+    return result
