@@ -10,46 +10,34 @@ and a screenshot under ``build/screenshots/`` to look at afterwards.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route, sync_playwright
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser")
+from circuitd.viewer.chromium import ChromiumNotFound, chromium_path, launch_args
+
 LOCAL_SCHEMES = ("file:", "data:")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 _PROBLEMS = pytest.StashKey[list[str]]()
 
 
 def find_chromium() -> str:
-    """The chromium binary: ``$CIRCUITD_CHROMIUM`` if set, else ``chromium`` or ``chromium-browser``
-    on PATH; fails the test with one line when there is none."""
-    override = os.environ.get("CIRCUITD_CHROMIUM")
-    if override:
-        path = shutil.which(override)
-        if path is None:
-            pytest.fail(f"CIRCUITD_CHROMIUM={override!r} is not an executable", pytrace=False)
-        return path
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    pytest.fail(
-        "no chromium binary (chromium, chromium-browser or $CIRCUITD_CHROMIUM): "
-        "run `bash scripts/ensure-chromium.sh` (make test does)",
-        pytrace=False,
-    )
+    """The chromium binary (:func:`circuitd.viewer.chromium.chromium_path`); fails the test with
+    one line when there is none."""
+    try:
+        return chromium_path()
+    except ChromiumNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """One headless Chromium for the session; ``--no-sandbox`` as root, where Chromium's sandbox
     refuses to start."""
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    args = launch_args()
     executable = find_chromium()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
