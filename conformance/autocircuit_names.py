@@ -11,42 +11,45 @@ from __future__ import annotations
 
 import re
 
-_HEAD = re.compile(r"A(\d+)\.(\d+)")
-_HEAD_INPUT = re.compile(r"A(\d+)\.(\d+)\.([QKV])")
-_MLP = re.compile(r"MLP (\d+)")
-_C_HEAD = re.compile(r"a(\d+)\.h(\d+)")
-_C_HEAD_INPUT = re.compile(r"a(\d+)\.h(\d+)<([qkv])>")
-_C_MLP = re.compile(r"m(\d+)")
+_FORMS: tuple[tuple[str, str], ...] = (
+    ("Resid Start", "input"),
+    ("Resid End", "logits"),
+    ("A{l}.{h}.{x}", "a{l}.h{h}<{x}>"),
+    ("A{l}.{h}", "a{l}.h{h}"),
+    ("MLP {l}", "m{l}"),
+)
+"""Each node's name in auto-circuit's vocabulary and in circuitd's: ``{l}`` a layer, ``{h}`` a
+head, ``{x}`` q/k/v (upper case in auto-circuit, lower case in circuitd)."""
+
+
+def _pattern(form: str, qkv: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[lhx]\})", form)
+    fields = {"{l}": r"(?P<l>\d+)", "{h}": r"(?P<h>\d+)", "{x}": f"(?P<x>[{qkv}])"}
+    return re.compile("".join(fields.get(part, re.escape(part)) for part in parts))
+
+
+_AUTOCIRCUIT = [(_pattern(a, "QKV"), c) for a, c in _FORMS]
+_CIRCUITD = [(_pattern(c, "qkv"), a) for a, c in _FORMS]
+
+
+def _translate(name: str, rules: list[tuple[re.Pattern[str], str]], upper: bool, what: str) -> str:
+    for pattern, form in rules:
+        if m := pattern.fullmatch(name):
+            groups = m.groupdict()
+            if groups.get("x"):
+                groups["x"] = groups["x"].upper() if upper else groups["x"].lower()
+            return form.format(**groups)
+    raise ValueError(f"{what} node '{name}': not a node name the other side has")
 
 
 def node_to_circuitd(name: str) -> str:
     """circuitd's name of an auto-circuit source or destination node."""
-    if name == "Resid Start":
-        return "input"
-    if name == "Resid End":
-        return "logits"
-    if m := _HEAD_INPUT.fullmatch(name):
-        return f"a{m[1]}.h{m[2]}<{m[3].lower()}>"
-    if m := _HEAD.fullmatch(name):
-        return f"a{m[1]}.h{m[2]}"
-    if m := _MLP.fullmatch(name):
-        return f"m{m[1]}"
-    raise ValueError(f"auto-circuit node '{name}': not a node name circuitd maps")
+    return _translate(name, _AUTOCIRCUIT, upper=False, what="auto-circuit")
 
 
 def node_to_autocircuit(name: str) -> str:
     """auto-circuit's name of a circuitd node (a source, or a destination input)."""
-    if name == "input":
-        return "Resid Start"
-    if name == "logits":
-        return "Resid End"
-    if m := _C_HEAD_INPUT.fullmatch(name):
-        return f"A{m[1]}.{m[2]}.{m[3].upper()}"
-    if m := _C_HEAD.fullmatch(name):
-        return f"A{m[1]}.{m[2]}"
-    if m := _C_MLP.fullmatch(name):
-        return f"MLP {m[1]}"
-    raise ValueError(f"circuitd node '{name}': not a node name auto-circuit has")
+    return _translate(name, _CIRCUITD, upper=True, what="circuitd")
 
 
 def _split(edge: str) -> tuple[str, str]:
