@@ -505,7 +505,9 @@ class Store:
                 select(Job)
                 .where(Job.status == JobStatus.queued, Job.queue == queue, Job.id.not_in(exclude),  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
                        Job.queued_since <= self.clock.sql - requeue_after)  # type: ignore[operator]  # pyright: ignore[reportOptionalOperand]
-                .order_by(Job.queued_since, Job.id)  # type: ignore[arg-type]
+                # database time can tie within its resolution; the send time breaks the tie in
+                # the order the jobs were sent, so a re-sent batch keeps its order at the back
+                .order_by(Job.queued_since, Job.enqueued_at, Job.id)  # type: ignore[arg-type]
                 .limit(limit)
             ).all()
         return [

@@ -159,9 +159,20 @@ def test_take_for_resend_oldest_first_each_once_then_to_the_back(store: Store) -
     assert store.queued_counts() == {"cpu": 3, "gpu": 1}
     assert store.queued_counts(exclude={jobs[2], jobs[3]}) == {"cpu": 1, "gpu": 1}  # held by workers
     taken = store.take_for_resend("cpu", 3, requeue_after=0, exclude={jobs[2]})
-    # jobs[3] and jobs[0] were re-stamped by one call: within the clock's resolution their
-    # stamps may tie, and a tie is broken by id, so only the set is fixed
-    assert sorted(j.id for j in taken) == sorted([jobs[3], jobs[0]])
+    # jobs[3] and jobs[0] were re-stamped by one call, so their database stamps may tie within
+    # the clock's resolution: the send order breaks the tie
+    assert [j.id for j in taken] == [jobs[3], jobs[0]]
+
+
+def test_take_for_resend_breaks_a_tie_in_database_time_by_send_order(store: Store) -> None:
+    """Jobs re-stamped in one round may share a database stamp (SQLite's clock has millisecond
+    resolution); the line must still keep the order they were sent in, whatever their ids."""
+    ids = [store.create_job("alice", SPEC | {"seed": i}, "cpu")[0].id for i in range(3)]
+    sent = datetime.now(UTC) - timedelta(minutes=1)
+    by_id = sorted(ids, reverse=True)  # send order opposite to id order
+    for k, job_id in enumerate(by_id):
+        store._update(job_id, [], queued_since=1000.0, enqueued_at=sent + timedelta(microseconds=k))
+    assert [j.id for j in store.take_for_resend("cpu", 3, requeue_after=0)] == by_id
 
 
 # --- retention -------------------------------------------------------------------------------
