@@ -18,8 +18,10 @@ from graphs.formats import check_format
 GraphKind = Literal["edge-circuit", "attribution"]
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
-# the vendored files the page uses, in load order (uPlot waits for the faithfulness curve)
-VENDOR_SCRIPTS = ("vendor/cytoscape.min.js", "vendor/cytoscape-dagre.min.js")
+# the page's scripts in load order: the vendored libraries, the viewer, and the offline start
+SCRIPTS = ("vendor/cytoscape.min.js", "vendor/cytoscape-dagre.min.js", "vendor/uPlot.iife.min.js",
+           "viewer.js", "offline.js")
+STYLES = ("vendor/uPlot.min.css", "viewer.css")
 GRAPH_SCRIPT_ID = "circuitd-graph"
 _STATIC = files("circuitd.viewer") / "static"
 _EMBED_DROPPED = ("adjacency",)  # the full matrix of a stored attribution graph: not drawn, often large
@@ -96,7 +98,8 @@ def render_html(graph_doc: dict[str, Any], title: str) -> str:
     kind = graph_kind(graph_doc)
     meta = {k: v for k, v in graph_doc["graph"].items() if k not in _EMBED_DROPPED}
     embedded = {**graph_doc, "graph": meta, "viewer": {"kind": kind, "title": title}}
-    scripts = "\n".join(f"<script>\n{_static(name)}\n</script>" for name in (*VENDOR_SCRIPTS, "viewer.js"))
+    scripts = "\n".join(f"<script>\n{_static(name)}\n</script>" for name in SCRIPTS)
+    styles = "\n".join(_static(name) for name in STYLES)
     safe_title = html.escape(title)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -106,20 +109,17 @@ def render_html(graph_doc: dict[str, Any], title: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{safe_title}</title>
 <style>
-{_static("viewer.css")}
+{styles}
+html, body {{ margin: 0; height: 100%; }}
+body {{ display: flex; flex-direction: column; padding: 8px 16px; box-sizing: border-box;
+  font: 14px/1.4 system-ui, sans-serif; color: #1d2330; }}
+h1 {{ margin: 0; font-size: 17px; }}
+#viewer {{ flex: 1; min-height: 0; }}
 </style>
 </head>
 <body>
-<header>
 <h1>{safe_title}</h1>
-<p id="summary"></p>
-<div id="controls"></div>
-</header>
-<main>
-<div id="graph" aria-label="graph drawing"></div>
-<aside id="panel"><p class="hint">Click a node to list its edges.</p></aside>
-</main>
-<div id="tooltip" hidden></div>
+<div id="viewer"></div>
 <script type="application/json" id="{GRAPH_SCRIPT_ID}">{embed_json(embedded)}</script>
 {scripts}
 </body>

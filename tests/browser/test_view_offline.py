@@ -98,7 +98,7 @@ def test_edge_view_selection_lists_the_node_edges(page: Page, edge_view: Viewed)
     assert len(incident) == degree[node] >= 2
     open_viewer(page, edge_view)
     viewer(page, f"select({json.dumps(node)})")
-    panel = page.locator("#panel").inner_text()
+    panel = page.locator(".cv-panel").inner_text()
     words = set(panel.split())
     listed = {link["name"] for link in links if link["name"] in words}
     assert node in words

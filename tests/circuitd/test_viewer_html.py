@@ -15,12 +15,13 @@ import pytest
 
 from circuitd.cli import main
 from circuitd.viewer import graph_kind, render_html
-from circuitd.viewer.html import CSP, VENDOR_SCRIPTS
+from circuitd.viewer.html import CSP, SCRIPTS, STYLES
 from graphs import build_edge_circuit, to_node_link, write_json
 from graphs.attribution_graph import AttributionGraph, Node
 from graphs.attribution_networkx import to_networkx
 
 VENDOR = Path(__file__).parents[2] / "circuitd" / "viewer" / "static" / "vendor"
+VENDORED = [name for name in (*SCRIPTS, *STYLES) if name.startswith("vendor/")]
 HOSTILE = '</script><script>alert("x")</script><!--'
 NAMES = ["input->a0.h0<q>", "input->a0.h0<k>", "a0.h0->m1", "m1->logits", "a0.h1->logits", "input->m0"]
 SCORES = [0.5, -0.25, 1.0, 2.0, 0.01, -3.5]
@@ -58,7 +59,7 @@ def embedded(page: str) -> dict:
 
 def own_text(page: str) -> str:
     """The page without the vendored libraries, whose licence comments name their homepages."""
-    for name in VENDOR_SCRIPTS:
+    for name in VENDORED:
         page = page.replace((VENDOR.parent / name).read_text(encoding="utf-8"), "")
     return page
 
@@ -91,8 +92,8 @@ def test_edge_file_counts_match_the_scores() -> None:
 @pytest.mark.parametrize("make", [edge_doc, attribution_doc])
 def test_hostile_text_cannot_leave_its_tag(make) -> None:
     page = render_html(make(), HOSTILE)
-    # every </script> closes one of the page's own tags: 1 graph + the vendored libraries + viewer.js
-    assert page.count("<script") == page.count("</script>") == 2 + len(VENDOR_SCRIPTS)
+    # every </script> closes one of the page's own tags: 1 graph + the vendored libraries + ours
+    assert page.count("<script") == page.count("</script>") == 1 + len(SCRIPTS)
     assert "<!--" not in own_text(page)
     assert f"<title>{HOSTILE}" not in page and "&lt;/script&gt;" in page
     back = embedded(page)
@@ -108,7 +109,7 @@ def test_no_network_anywhere(make) -> None:
     assert CSP == "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
     assert not re.search(r"""\b(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert not re.search(r"https?://|@import|url\(", own_text(page), re.I)
-    for name in VENDOR_SCRIPTS:  # the libraries really are inlined, whole
+    for name in VENDORED:  # the libraries really are inlined, whole
         assert (VENDOR.parent / name).read_text(encoding="utf-8") in page
 
 

@@ -1,30 +1,34 @@
-/* circuitd viewer: draws the graph embedded in #circuitd-graph with cytoscape.
+/* circuitd viewer: draws one circuitd graph (node-link JSON) with cytoscape, inside an element.
  *
- * Edge circuits (eap / eap-ig / acdc): dagre orders nodes within each layer, and each node's
- * height is pinned to its layer (input at the bottom, logits on top). Edges are blue when
- * positive, red when negative, wider with |score|. The top-n slider re-selects edges from the
- * scores stored in the page, so a file written with --all-edges can be explored without a server.
- * Attribution graphs: every node placed by layer (y) and token position (x), the prompt's
- * tokens along the bottom and the logits on top; hovering shows activation and influence.
+ * Used twice: by the offline page `circuitd view` writes (the graph embedded in the page) and by
+ * the API's web pages (the graph fetched from /v1). Both call
+ *   CircuitdViewer.mount(root, doc, options) -> viewer
+ * which builds the summary, the controls, the drawing, the side panel, the tooltip and (when the
+ * graph carries one) the faithfulness curve inside `root`.
  *
- * Test hooks: window.circuitdViewer = {kind, drawnNodes(), drawnEdges(), setTopN(n), select(id)};
- * document.body.dataset.ready = "1" after the first full render.
+ * Edge circuits (eap / eap-ig / acdc): nodes are laid out once, by dagre on the strongest edges, each
+ * node's height pinned to its layer (input at the bottom, logits on top); the top-n slider then
+ * re-selects edges from the scores stored in the page and repaints them (see EdgeLayer), so a file or
+ * job with every scored edge can be explored without a round trip and without moving the nodes.
+ * Edges are blue when positive, red when negative, wider with |score|.
+ * Attribution graphs: nodes placed by layer (y) and token position (x), the prompt's tokens along
+ * the bottom and the logits on top; hovering shows activation and influence; with
+ * options.thresholds the node and edge threshold sliders ask the server to re-prune.
+ * Clicking a node lists its edges and highlights the input-to-logits paths through it.
+ *
+ * options: { thresholds?: {node, edge, fetch(node, edge) -> Promise<doc>},
+ *            colorOf?(link) -> css colour, onDraw?() }
+ * viewer:  { kind, drawnNodes(), drawnEdges(), setTopN(n), select(id), highlightPaths(id),
+ *            setThresholds(node, edge) -> Promise, destroy() }; root.dataset.draws counts draws.
  */
-(function () {
+(function (global) {
   "use strict";
 
-  var doc = JSON.parse(document.getElementById("circuitd-graph").textContent);
-  var kind = doc.viewer.kind;
-  var meta = doc.graph || {};
-  var nodes = doc.nodes;
-  var links = doc.links.map(function (link, i) {
-    var value = kind === "attribution" ? link.weight : link.score;
-    return { link: link, i: i, value: typeof value === "number" ? value : 0,
-             name: link.name || (link.source + "->" + link.target) };
-  });
-  var byId = {};
-  nodes.forEach(function (n) { byId[n.id] = n; });
-  var maxAbs = links.reduce(function (m, e) { return Math.max(m, Math.abs(e.value)); }, 0) || 1;
+  var ROW = 55;              // vertical distance between two ranks of an edge circuit
+  var COLUMN = 58;           // horizontal distance between neighbours in one rank
+  var LAYOUT_EDGES = 400;    // the strongest edges dagre orders the nodes by (its cost grows with them)
+  var MANY_EDGES = 3000;     // above this many painted edges, no arrow heads and lighter lines
+  var BLUE = "#1f5fbf", RED = "#c23b22";
 
   function fmt(x) {
     if (typeof x !== "number") { return x === null || x === undefined ? "–" : String(x); }
@@ -32,59 +36,63 @@
     return Math.abs(x) >= 1e-3 || x === 0 ? x.toPrecision(4) : x.toExponential(3);
   }
 
-  function text(tag, content, cls) {
-    var el = document.createElement(tag);
-    el.textContent = content;
-    if (cls) { el.className = cls; }
-    return el;
+  function el(tag, cls, content) {
+    var node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (content !== undefined) { node.textContent = content; }
+    return node;
   }
 
-  /* ---- which edges are drawn ------------------------------------------------------------ */
+  /* ---- a graph document, prepared for drawing --------------------------------------------- */
 
-  // Edge names ranked by |score| (file order breaks ties); a grouped-query key/value edge is one
-  // name drawn into each query head of its group, so top-n counts names, not drawn copies.
-  var rankedNames = [];
-  (function () {
-    var best = {};
+  function prepare(doc) {
+    var kind = doc.graph && doc.graph.kind === "attribution" ? "attribution" : "edge-circuit";
+    var byId = {};
+    doc.nodes.forEach(function (n) { byId[n.id] = n; });
+    var links = doc.links.map(function (link, i) {
+      var value = kind === "attribution" ? link.weight : link.score;
+      return { link: link, i: i, value: typeof value === "number" ? value : 0,
+               name: link.name || (link.source + "->" + link.target) };
+    });
+    // Edge names ranked by |score| (file order breaks ties); a grouped-query key/value edge is one
+    // name drawn into each query head of its group, so top-n counts names, not drawn copies.
+    var copies = {}, rankedNames = [];
     links.forEach(function (e) {
-      if (!(e.name in best)) { best[e.name] = e; rankedNames.push(e.name); }
+      if (!(e.name in copies)) { copies[e.name] = []; rankedNames.push(e.name); }
+      copies[e.name].push(e);
     });
     rankedNames.sort(function (a, b) {
-      return Math.abs(best[b].value) - Math.abs(best[a].value) || best[a].i - best[b].i;
+      return Math.abs(copies[b][0].value) - Math.abs(copies[a][0].value) || copies[a][0].i - copies[b][0].i;
     });
-  })();
-  var inCircuit = links.filter(function (e) { return e.link.in_circuit !== false; });
-  var inCircuitNames = {};
-  inCircuit.forEach(function (e) { inCircuitNames[e.name] = true; });
-  var hasAllEdges = inCircuit.length < links.length;
-
-  function topLinks(n) {
-    var keep = {};
-    rankedNames.slice(0, Math.max(0, n)).forEach(function (name) { keep[name] = true; });
-    return links.filter(function (e) { return keep[e.name]; });
+    var inCircuit = 0;
+    rankedNames.forEach(function (name) { if (copies[name][0].link.in_circuit !== false) { inCircuit += 1; } });
+    var maxAbs = links.reduce(function (m, e) { return Math.max(m, Math.abs(e.value)); }, 0) || 1;
+    return { doc: doc, kind: kind, meta: doc.graph || {}, nodes: doc.nodes, byId: byId, links: links,
+             copies: copies, rankedNames: rankedNames, circuitNames: inCircuit,
+             hasAllEdges: inCircuit < rankedNames.length, maxAbs: maxAbs };
   }
 
-  /* ---- positions ------------------------------------------------------------------------ */
+  /* ---- positions -------------------------------------------------------------------------- */
 
-  var ROW = 110;
-
-  function edgeRank(id) {  // input 0, a{L} 2L+1, m{L} 2L+2, logits above the highest
-    var n = byId[id];
-    if (n.kind === "input" || id === "input") { return 0; }
-    if (n.kind === "logits" || id === "logits") { return logitsRank; }
-    return 2 * n.layer + (n.kind === "mlp" ? 2 : 1);
+  function edgeRanks(g) {  // input 0, a{L} 2L+1, m{L} 2L+2, logits above the highest
+    var top = 1 + g.nodes.reduce(function (m, n) {
+      return n.kind === "attn_head" ? Math.max(m, 2 * n.layer + 1)
+        : n.kind === "mlp" ? Math.max(m, 2 * n.layer + 2) : m;
+    }, 0);
+    return function (id) {
+      var n = g.byId[id] || {};
+      if (n.kind === "input" || id === "input") { return 0; }
+      if (n.kind === "logits" || id === "logits") { return top; }
+      return 2 * n.layer + (n.kind === "mlp" ? 2 : 1);
+    };
   }
-  var logitsRank = 1 + nodes.reduce(function (m, n) {
-    return n.kind === "attn_head" ? Math.max(m, 2 * n.layer + 1)
-      : n.kind === "mlp" ? Math.max(m, 2 * n.layer + 2) : m;
-  }, 0);
 
-  function attributionPositions() {
+  function attributionPositions(g) {
     // Cells (layer, position) in a grid: columns by token position, bands by layer, upwards.
     // A cell's nodes (most influential first) wrap into rows of at most WRAP, so a busy cell
     // makes its layer's band taller rather than the page wider.
-    var WRAP = 8, STEP = 34, cells = {}, wrap = {}, bandRows = {}, positions = {};
-    nodes.forEach(function (n) {
+    var WRAP = 8, STEP = 34, BAND = 110, cells = {}, wrap = {}, bandRows = {}, positions = {};
+    g.nodes.forEach(function (n) {
       var key = n.layer + ":" + n.pos;
       (cells[key] = cells[key] || []).push(n);
     });
@@ -103,12 +111,10 @@
     });
     Object.keys(bandRows).map(Number).sort(function (a, b) { return a - b; }).forEach(function (layer) {
       base[layer] = y;
-      y += (bandRows[layer] - 1) * 30 + ROW;
+      y += (bandRows[layer] - 1) * 30 + BAND;
     });
     Object.keys(cells).forEach(function (key) {
-      var cell = cells[key].slice().sort(function (a, b) {
-        return (b.influence || 0) - (a.influence || 0);
-      });
+      var cell = cells[key].slice().sort(function (a, b) { return (b.influence || 0) - (a.influence || 0); });
       cell.forEach(function (n, k) {
         var w = wrap[n.pos];
         positions[n.id] = { x: x0[n.pos] + (k % w) * STEP, y: -(base[n.layer] + Math.floor(k / w) * 30) };
@@ -117,9 +123,9 @@
     return positions;
   }
 
-  /* ---- cytoscape ------------------------------------------------------------------------ */
+  /* ---- cytoscape -------------------------------------------------------------------------- */
 
-  function nodeLabel(n) {
+  function nodeLabel(kind, n) {
     if (kind !== "attribution") { return n.id; }
     if (n.kind === "token" || n.kind === "logit") {  // long tokens shortened; the tooltip has them whole
       var token = JSON.stringify(n.token || "");
@@ -128,189 +134,540 @@
     return n.kind === "error" ? "err" : String(n.feature);
   }
 
-  function nodeElement(n) {
-    return { group: "nodes", data: { id: n.id, label: nodeLabel(n), kind: n.kind,
-                                     outside: n.in_circuit === false ? 1 : 0 } };
+  var STYLE = [
+    { selector: "node", style: {
+      "label": "data(label)", "font-size": 10, "text-valign": "center", "text-halign": "center",
+      "width": 44, "height": 22, "shape": "round-rectangle", "background-color": "#e6e9f0",
+      "border-width": 1, "border-color": "#8a93a6", "min-zoomed-font-size": 6 } },
+    { selector: "node[kind = 'attn_head'], node[kind = 'feature']", style: { "background-color": "#f6e7c8" } },
+    { selector: "node[kind = 'mlp']", style: { "background-color": "#d6ecd9" } },
+    { selector: "node[kind = 'feature']", style: { "width": 28 } },
+    { selector: "node[kind = 'error']", style: { "width": 28, "shape": "diamond" } },
+    { selector: "node[outside = 1]", style: { "opacity": 0.35 } },  // stored, not in the circuit
+    { selector: "node.idle", style: { "display": "none" } },          // no drawn edge at this top-n
+    { selector: "node:selected", style: { "border-width": 3, "border-color": "#1d2330" } },
+    { selector: "node.faded", style: { "opacity": 0.15 } },
+    { selector: "edge", style: { "curve-style": "straight" } }  // only while dagre orders the nodes
+  ];
+
+  /* ---- the edge layer ---------------------------------------------------------------------- */
+
+  // Edges are painted on a canvas under cytoscape's nodes, not made cytoscape elements: a graph of
+  // tens of thousands of edges then costs one pass of canvas strokes per frame instead of an
+  // element (style, bounds, events) per edge, so the top-n slider stays fast at any size.
+  // cytoscape keeps what it is good at: the layout, the nodes, panning, zooming and picking.
+  function EdgeLayer(box) {
+    this.canvas = box.appendChild(el("canvas", "cv-edges"));
+    this.cy = null;         // set once cytoscape runs in the box above the canvas
+    this.drawn = [];        // prepared links to paint, weakest first (the strongest end on top)
+    this.lit = null;        // link index -> true for a highlighted subgraph, null when none
+    this.colorOf = null;
+    this.maxAbs = 1;
+    this.queued = false;
   }
 
-  function edgeElement(e) {
-    var w = 1 + 7 * Math.abs(e.value) / maxAbs;
-    return { group: "edges", data: {
-      id: "e" + e.i, source: e.link.source, target: e.link.target, width: w,
-      color: e.value >= 0 ? "#1f5fbf" : "#c23b22", name: e.name } };
-  }
-
-  var cy = cytoscape({
-    container: document.getElementById("graph"),
-    style: [
-      { selector: "node", style: {
-        "label": "data(label)", "font-size": 10, "text-valign": "center", "text-halign": "center",
-        "width": 44, "height": 22, "shape": "round-rectangle", "background-color": "#e6e9f0",
-        "border-width": 1, "border-color": "#8a93a6" } },
-      { selector: "node[kind = 'attn_head']", style: { "background-color": "#f6e7c8" } },
-      { selector: "node[kind = 'mlp']", style: { "background-color": "#d6ecd9" } },
-      { selector: "node[kind = 'feature']", style: { "width": 28, "background-color": "#f6e7c8" } },
-      { selector: "node[kind = 'error']", style: { "width": 28, "shape": "diamond" } },
-      { selector: "node[outside = 1]", style: { "opacity": 0.35 } },  // stored, not in the circuit
-      { selector: "node:selected", style: { "border-width": 3, "border-color": "#1d2330" } },
-      { selector: "edge", style: {
-        "width": "data(width)", "line-color": "data(color)", "target-arrow-color": "data(color)",
-        "target-arrow-shape": "triangle", "curve-style": "bezier", "opacity": 0.7,
-        "arrow-scale": 0.6 } }
-    ]
-  });
-
-  var onFirstRender = function () {
-    onFirstRender = null;
-    document.body.dataset.ready = "1";
+  EdgeLayer.prototype.set = function (drawn, maxAbs, colorOf) {
+    this.drawn = drawn; this.maxAbs = maxAbs || 1; this.colorOf = colorOf || null;
+    this.paint();
   };
 
-  function layoutDone() { if (onFirstRender) { onFirstRender(); } }
+  EdgeLayer.prototype.light = function (lit) { this.lit = lit; this.paint(); };
 
-  function drawEdgeCircuit(chosen) {
-    var ids = {};
-    chosen.forEach(function (e) { ids[e.link.source] = true; ids[e.link.target] = true; });
-    cy.batch(function () {
-      cy.elements().remove();
-      cy.add(nodes.filter(function (n) { return ids[n.id]; }).map(nodeElement));
-      cy.add(chosen.map(edgeElement));
-    });
-    var layout = cy.layout({
-      name: "dagre", rankDir: "BT", nodeSep: 12, rankSep: 50,
-      minLen: function (edge) {  // keep every edge as long as the layers it spans
-        return Math.max(1, edgeRank(edge.data("target")) - edgeRank(edge.data("source")));
-      },
-      transform: function (node, pos) { return { x: pos.x, y: -edgeRank(node.id()) * ROW / 2 }; }
-    });
-    layout.one("layoutstop", layoutDone);
-    layout.run();
-  }
+  EdgeLayer.prototype.schedule = function () {  // at most one paint per animation frame
+    var self = this;
+    if (self.queued) { return; }
+    self.queued = true;
+    requestAnimationFrame(function () { self.queued = false; self.paint(); });
+  };
 
-  function drawAttribution(chosen) {
-    var positions = attributionPositions();
-    cy.batch(function () {
-      cy.elements().remove();
-      cy.add(nodes.map(function (n) {
-        var el = nodeElement(n);
-        el.position = positions[n.id];
-        return el;
-      }));
-      cy.add(chosen.map(edgeElement));
-    });
-    var layout = cy.layout({ name: "preset", fit: true, padding: 30 });
-    layout.one("layoutstop", layoutDone);
-    layout.run();
-  }
-
-  function draw(chosen) {
-    (kind === "attribution" ? drawAttribution : drawEdgeCircuit)(chosen);
-  }
-
-  /* ---- side panel, tooltip, controls ---------------------------------------------------- */
-
-  function edgeTable(title, list, other) {
-    var frag = document.createDocumentFragment();
-    frag.appendChild(text("h3", title + " (" + list.length + ")"));
-    var table = document.createElement("table");
-    list.sort(function (a, b) { return Math.abs(b.value) - Math.abs(a.value); }).forEach(function (e) {
-      var row = table.insertRow();
-      row.appendChild(text("td", kind === "attribution" ? e.link[other] : e.name));
-      row.appendChild(text("td", fmt(e.value), "num " + (e.value >= 0 ? "pos" : "neg")));
-    });
-    frag.appendChild(table);
-    return frag;
-  }
-
-  function select(nodeId) {
-    var panel = document.getElementById("panel");
-    panel.textContent = "";
-    if (!(nodeId in byId)) {
-      panel.appendChild(text("p", "no node " + nodeId, "hint"));
-      return null;
+  EdgeLayer.prototype.paint = function () {
+    var canvas = this.canvas, cy = this.cy, dpr = global.devicePixelRatio || 1;
+    var w = canvas.parentNode.clientWidth, h = canvas.parentNode.clientHeight;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
+      canvas.style.width = w + "px"; canvas.style.height = h + "px";
     }
-    var drawn = {};
-    cy.edges().forEach(function (edge) { drawn[edge.id()] = true; });
-    var shown = links.filter(function (e) { return drawn["e" + e.i]; });
-    var into = shown.filter(function (e) { return e.link.target === nodeId; });
-    var out = shown.filter(function (e) { return e.link.source === nodeId; });
-    panel.appendChild(text("h2", nodeId));
-    var n = byId[nodeId];
-    ["kind", "layer", "token", "activation", "influence"].forEach(function (field) {
-      if (n[field] !== undefined && n[field] !== null) {
-        panel.appendChild(text("div", field + ": " + fmt(n[field])));
+    var ctx = canvas.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    var zoom = cy.zoom(), pan = cy.pan();
+    ctx.setTransform(zoom * dpr, 0, 0, zoom * dpr, pan.x * dpr, pan.y * dpr);
+    var at = {};
+    cy.nodes().forEach(function (node) {
+      var p = node.position();
+      at[node.id()] = { x: p.x, y: p.y, hw: node.width() / 2 + 2, hh: node.height() / 2 + 2 };
+    });
+    var many = this.drawn.length > MANY_EDGES, lit = this.lit, self = this;
+    // one stroke per (colour, width, lit) group: a few canvas calls however many edges there are
+    var groups = {}, order = [];
+    this.drawn.forEach(function (e) {
+      var a = at[e.link.source], b = at[e.link.target];
+      if (!a || !b) { return; }
+      var on = lit ? (lit[e.i] ? 1 : 0) : 2;
+      var color = self.colorOf ? self.colorOf(e.link) : (e.value >= 0 ? BLUE : RED);
+      var width = Math.round(2 * (1 + 7 * Math.abs(e.value) / self.maxAbs)) / 2;
+      var key = on + "|" + color + "|" + width;
+      if (!groups[key]) { groups[key] = { on: on, color: color, width: width, segs: [] }; order.push(key); }
+      groups[key].segs.push(e, a, b);
+    });
+    order.sort(function (p, q) { return groups[p].on - groups[q].on; });  // faded first, lit last
+    order.forEach(function (key) {
+      var grp = groups[key], segs = grp.segs;
+      ctx.globalAlpha = grp.on === 0 ? 0.06 : grp.on === 1 ? 0.95 : (many ? 0.45 : 0.7);
+      ctx.strokeStyle = grp.color; ctx.fillStyle = grp.color; ctx.lineWidth = grp.width;
+      ctx.beginPath();
+      var heads = [];
+      for (var k = 0; k < segs.length; k += 3) {
+        var e = segs[k], a = segs[k + 1], b = segs[k + 2];
+        var bend = edgeBend(e.name) * 9;  // q, k and v inputs of one head side by side
+        var dx = b.x - a.x, dy = b.y - a.y, len = Math.sqrt(dx * dx + dy * dy) || 1;
+        var cx = (a.x + b.x) / 2 - dy / len * bend, cyy = (a.y + b.y) / 2 + dx / len * bend;
+        var end = boxEdge(b, cx - b.x, cyy - b.y);
+        ctx.moveTo(a.x, a.y);
+        if (bend) { ctx.quadraticCurveTo(cx, cyy, end.x, end.y); } else { ctx.lineTo(end.x, end.y); }
+        if (!many || grp.on === 1) { heads.push(end.x, end.y, end.x - cx, end.y - cyy); }
+      }
+      ctx.stroke();
+      if (heads.length) {
+        ctx.beginPath();
+        var size = 3 + grp.width;
+        for (var j = 0; j < heads.length; j += 4) { arrowHead(ctx, heads[j], heads[j + 1], heads[j + 2], heads[j + 3], size); }
+        ctx.fill();
       }
     });
-    panel.appendChild(edgeTable("in", into.slice(), "source"));
-    panel.appendChild(edgeTable("out", out.slice(), "target"));
-    cy.nodes().unselect();
-    cy.getElementById(nodeId).select();
+    ctx.globalAlpha = 1;
+  };
+
+  function edgeBend(name) {
+    var m = /<([qkv])>$/.exec(name);
+    return m ? { q: -1, k: 0, v: 1 }[m[1]] : 0;
+  }
+
+  function boxEdge(b, dx, dy) {  // where the line from b's centre towards (dx, dy) leaves b's box
+    var t = Math.min(dx ? b.hw / Math.abs(dx) : Infinity, dy ? b.hh / Math.abs(dy) : Infinity, 1);
+    return { x: b.x + dx * t, y: b.y + dy * t };
+  }
+
+  function arrowHead(ctx, x, y, dx, dy, size) {
+    var len = Math.sqrt(dx * dx + dy * dy) || 1, ux = dx / len, uy = dy / len;
+    ctx.moveTo(x, y);
+    ctx.lineTo(x - ux * size * 1.6 - uy * size * 0.7, y - uy * size * 1.6 + ux * size * 0.7);
+    ctx.lineTo(x - ux * size * 1.6 + uy * size * 0.7, y - uy * size * 1.6 - ux * size * 0.7);
+    ctx.closePath();
+  }
+
+  /* ---- paths through a node ---------------------------------------------------------------- */
+
+  // The drawn links on some source-to-sink path through ``nodeId`` (sources: the input or the
+  // prompt's tokens, sinks: the logits): a link a->b is on one when a is reached from a source and
+  // b leads to nodeId, or a is reached from nodeId and b leads to a sink.
+  function pathLinks(drawn, nodeId, isSource, isSink) {
+    var out = {}, into = {};
+    drawn.forEach(function (e) {
+      (out[e.link.source] = out[e.link.source] || []).push(e);
+      (into[e.link.target] = into[e.link.target] || []).push(e);
+    });
+    function reach(starts, next, end) {
+      var seen = {}, stack = starts.slice();
+      starts.forEach(function (s) { seen[s] = true; });
+      while (stack.length) {
+        var n = stack.pop();
+        (next[n] || []).forEach(function (e) {
+          var m = e.link[end];
+          if (!seen[m]) { seen[m] = true; stack.push(m); }
+        });
+      }
+      return seen;
+    }
+    var ends = Object.keys(out).concat(Object.keys(into));
+    var fromSources = reach(ends.filter(isSource), out, "target");
+    var toSinks = reach(ends.filter(isSink), into, "source");
+    var before = reach([nodeId], into, "source"), after = reach([nodeId], out, "target");
+    var lit = {}, nodes = {}, count = 0;
+    drawn.forEach(function (e) {
+      var a = e.link.source, b = e.link.target;
+      var up = fromSources[a] && before[b] && fromSources[nodeId];
+      var down = after[a] && toSinks[b] && toSinks[nodeId];
+      if (up || down) { lit[e.i] = true; nodes[a] = nodes[b] = true; count += 1; }
+    });
+    nodes[nodeId] = true;
+    return { links: lit, nodes: nodes, count: count };
+  }
+
+  /* ---- mount --------------------------------------------------------------------------------- */
+
+  function mount(root, doc, options) {
+    options = options || {};
+    root.textContent = "";
+    root.classList.add("cv-root");
+    var head = root.appendChild(el("div", "cv-head"));
+    var summary = head.appendChild(el("p", "cv-summary"));
+    var controls = head.appendChild(el("div", "cv-controls"));
+    var main = root.appendChild(el("div", "cv-main"));
+    var graphBox = main.appendChild(el("div", "cv-graph"));
+    graphBox.setAttribute("aria-label", "graph drawing");
+    var side = main.appendChild(el("aside", "cv-side"));
+    var curveBox = side.appendChild(el("div", "cv-curve"));
+    var panel = side.appendChild(el("div", "cv-panel"));
+    panel.appendChild(el("p", "hint", "Click a node to list its edges and light up the paths through it."));
+    var tooltip = root.appendChild(el("div", "cv-tooltip"));
+    tooltip.hidden = true;
+    root.dataset.draws = "0";
+
+    var g = prepare(doc);
+    var kind = g.kind;
+    var ranks = kind === "attribution" ? null : edgeRanks(g);
+    var drawnNames = {};   // name -> true for the names whose links are painted
+    var drawn = [];        // those links, weakest first
+    var degree = {};       // node -> [in, out] over the painted links
+    var topN = 0;          // edge circuits: how many ranked names the slider selects
+    var plot = null;
+
+    var edges = new EdgeLayer(graphBox);
+    var nodesBox = graphBox.appendChild(el("div", "cv-nodes"));  // above the edge canvas
+    var cy = cytoscape({ container: nodesBox, style: STYLE, pixelRatio: 1 });
+    edges.cy = cy;
+    cy.on("viewport resize position", function () { edges.schedule(); });
+
+    function drew() {
+      root.dataset.draws = String(Number(root.dataset.draws) + 1);
+      if (options.onDraw) { options.onDraw(); }
+    }
+
+    function nodeElement(n) {
+      return { group: "nodes", data: { id: n.id, label: nodeLabel(kind, n), kind: n.kind,
+                                       outside: n.in_circuit === false ? 1 : 0 } };
+    }
+
+    function isSource(id) {
+      var n = g.byId[id] || {};
+      return kind === "attribution" ? n.kind === "token" : id === "input";
+    }
+
+    function isSink(id) {
+      var n = g.byId[id] || {};
+      return kind === "attribution" ? n.kind === "logit" : id === "logits";
+    }
+
+    /* -- which links are painted ------------------------------------------------------------- */
+
+    function setNames(names) {
+      drawnNames = {};
+      drawn = [];
+      degree = {};
+      for (var k = names.length - 1; k >= 0; k -= 1) {  // ranked strongest first: painted last
+        drawnNames[names[k]] = true;
+        Array.prototype.push.apply(drawn, g.copies[names[k]]);
+      }
+      drawn.forEach(function (e) {
+        (degree[e.link.source] = degree[e.link.source] || [0, 0])[1] += 1;
+        (degree[e.link.target] = degree[e.link.target] || [0, 0])[0] += 1;
+      });
+      if (kind !== "attribution") {  // a node without a painted edge is hidden (it keeps its place)
+        cy.batch(function () {
+          cy.nodes().forEach(function (node) {
+            var idle = !degree[node.id()];
+            if (node.hasClass("idle") !== idle) { node.toggleClass("idle", idle); }
+          });
+        });
+      }
+      clearHighlight(false);
+      edges.set(drawn, g.maxAbs, options.colorOf);
+      if (plot) { plot.redraw(false, false); }
+    }
+
+    /* -- edge circuits: nodes laid out once ---------------------------------------------------- */
+
+    function layoutEdgeCircuit(names) {
+      // dagre orders each rank's nodes by the strongest drawn edges (added for the layout only);
+      // the ranks' heights are fixed and each rank's nodes evenly spaced in dagre's order
+      var guide = [];
+      names.slice(0, LAYOUT_EDGES).forEach(function (name) {
+        g.copies[name].forEach(function (e) {
+          guide.push({ group: "edges", data: { id: "layout" + e.i, source: e.link.source, target: e.link.target } });
+        });
+      });
+      var added = cy.add(guide);
+      var order = {};
+      cy.elements().layout({
+        name: "dagre", rankDir: "BT", nodeSep: 12, rankSep: 30, fit: false, animate: false,
+        minLen: function (edge) { return Math.max(1, ranks(edge.data("target")) - ranks(edge.data("source"))); },
+        transform: function (node, pos) { order[node.id()] = pos.x; return pos; }
+      }).run();
+      cy.remove(added);
+      var byRank = {};
+      cy.nodes().forEach(function (node) { (byRank[ranks(node.id())] = byRank[ranks(node.id())] || []).push(node); });
+      cy.batch(function () {
+        Object.keys(byRank).forEach(function (rank) {
+          var row = byRank[rank].sort(function (a, b) {
+            return (order[a.id()] || 0) - (order[b.id()] || 0) || (a.id() < b.id() ? -1 : 1);
+          });
+          row.forEach(function (node, k) { node.position({ x: (k - (row.length - 1) / 2) * COLUMN, y: -Number(rank) * ROW }); });
+        });
+      });
+    }
+
+    function drawEdgeCircuit() {
+      cy.batch(function () {
+        cy.elements().remove();
+        var ids = {};
+        g.links.forEach(function (e) { ids[e.link.source] = true; ids[e.link.target] = true; });
+        cy.add(g.nodes.filter(function (n) { return ids[n.id]; }).map(nodeElement));
+      });
+      var initial = g.rankedNames.filter(function (name) { return g.copies[name][0].link.in_circuit !== false; });
+      topN = initial.length;
+      layoutEdgeCircuit(initial);
+      setNames(initial);
+    }
+
+    function setTopN(n) {
+      if (kind === "attribution") { return drawn.length; }
+      topN = Math.max(0, Math.min(Math.floor(n), g.rankedNames.length));
+      var input = controls.querySelector(".cv-topn");
+      if (input) {
+        input.value = String(topN);
+        controls.querySelector(".cv-topn-label").textContent = String(topN);
+      }
+      setNames(g.rankedNames.slice(0, topN));
+      drew();
+      return drawn.length;
+    }
+
+    /* -- attribution graphs: every node at its (layer, position) cell -------------------------- */
+
+    function drawAttribution() {
+      var positions = stretchToBox(attributionPositions(g));
+      cy.batch(function () {
+        cy.elements().remove();
+        cy.add(g.nodes.map(function (n) {
+          var element = nodeElement(n);
+          element.position = positions[n.id];
+          return element;
+        }));
+      });
+      setNames(g.rankedNames);
+    }
+
+    function stretchToBox(positions) {
+      // a prompt is wide and a model shallow: bands spread upwards (at most 4x) towards the
+      // drawing's own shape, so the fitted graph is not a thin strip of unreadable nodes
+      var ids = Object.keys(positions);
+      if (!ids.length) { return positions; }
+      var xs = ids.map(function (id) { return positions[id].x; }), ys = ids.map(function (id) { return positions[id].y; });
+      var w = Math.max.apply(null, xs) - Math.min.apply(null, xs) + 60;
+      var h = Math.max.apply(null, ys) - Math.min.apply(null, ys) + 60;
+      var want = (graphBox.clientHeight || 600) / (graphBox.clientWidth || 900);
+      var factor = Math.min(4, Math.max(1, want * w / h));
+      ids.forEach(function (id) { positions[id].y *= factor; });
+      return positions;
+    }
+
+    function draw() {
+      (kind === "attribution" ? drawAttribution : drawEdgeCircuit)();
+      describe();
+      drawCurve();
+      fit();
+      drew();
+    }
+
+    function fit() {
+      cy.resize();
+      cy.fit(cy.nodes(":visible"), 30);
+      edges.paint();
+    }
+
+    /* -- selection, paths, tooltip ------------------------------------------------------------- */
+
+    function clearHighlight(repaint) {
+      cy.nodes(".faded").removeClass("faded");
+      edges.lit = null;
+      if (repaint !== false) { edges.paint(); }
+    }
+
+    function highlightPaths(nodeId) {
+      if (!(nodeId in g.byId)) { return 0; }
+      var found = pathLinks(drawn, nodeId, isSource, isSink);
+      cy.batch(function () {
+        cy.nodes().forEach(function (node) { node.toggleClass("faded", !found.nodes[node.id()]); });
+      });
+      edges.light(found.links);
+      return found.count;
+    }
+
+    function edgeTable(title, list, other) {
+      var frag = document.createDocumentFragment();
+      frag.appendChild(el("h3", "", title + " (" + list.length + ")"));
+      var table = el("table");
+      list.sort(function (a, b) { return Math.abs(b.value) - Math.abs(a.value); }).forEach(function (e) {
+        var row = table.insertRow();
+        row.appendChild(el("td", "", kind === "attribution" ? e.link[other] : e.name));
+        row.appendChild(el("td", "num " + (e.value >= 0 ? "pos" : "neg"), fmt(e.value)));
+      });
+      frag.appendChild(table);
+      return frag;
+    }
+
+    function select(nodeId) {
+      panel.textContent = "";
+      if (!(nodeId in g.byId)) {
+        panel.appendChild(el("p", "hint", "no node " + nodeId));
+        return null;
+      }
+      var into = drawn.filter(function (e) { return e.link.target === nodeId; });
+      var out = drawn.filter(function (e) { return e.link.source === nodeId; });
+      panel.appendChild(el("h2", "", nodeId));
+      var n = g.byId[nodeId];
+      ["kind", "layer", "pos", "token", "activation", "influence"].forEach(function (field) {
+        if (n[field] !== undefined && n[field] !== null) { panel.appendChild(el("div", "", field + ": " + fmt(n[field]))); }
+      });
+      var onPaths = highlightPaths(nodeId);
+      panel.appendChild(el("div", "hint", onPaths + " drawn edges on input→logits paths through it"));
+      panel.appendChild(edgeTable("in", into.slice(), "source"));
+      panel.appendChild(edgeTable("out", out.slice(), "target"));
+      cy.nodes().unselect();
+      cy.getElementById(nodeId).select();
+      return {
+        in: into.map(function (e) { return { name: e.name, source: e.link.source, score: e.value }; }),
+        out: out.map(function (e) { return { name: e.name, target: e.link.target, score: e.value }; })
+      };
+    }
+
+    cy.on("tap", "node", function (evt) { select(evt.target.id()); });
+    cy.on("tap", function (evt) { if (evt.target === cy) { clearHighlight(); cy.nodes().unselect(); } });
+    cy.on("mouseover", "node", function (evt) {
+      var id = evt.target.id(), n = g.byId[id], deg = degree[id] || [0, 0];
+      var lines = [n.id];
+      if (kind === "attribution") {
+        if (n.token) { lines.push("token: " + JSON.stringify(n.token)); }
+        lines.push("activation: " + fmt(n.activation), "influence: " + fmt(n.influence));
+        if (n.prob !== null && n.prob !== undefined) { lines.push("prob: " + fmt(n.prob)); }
+      }
+      lines.push("edges drawn: in " + deg[0] + ", out " + deg[1]);
+      tooltip.textContent = lines.join("\n");
+      tooltip.hidden = false;
+    });
+    cy.on("mousemove", function (evt) {
+      var e = evt.originalEvent;
+      if (e) { tooltip.style.left = (e.clientX + 12) + "px"; tooltip.style.top = (e.clientY + 12) + "px"; }
+    });
+    cy.on("mouseout", "node", function () { tooltip.hidden = true; });
+
+    /* -- summary, controls, faithfulness curve -------------------------------------------------- */
+
+    function describe() {
+      var meta = g.meta, parts = [];
+      ["model", "task", "method"].forEach(function (k) { if (meta[k]) { parts.push(String(meta[k])); } });
+      if (kind === "attribution" && meta.prompt) { parts.push("prompt " + JSON.stringify(meta.prompt)); }
+      parts.push(g.nodes.length + " nodes, " + g.links.length + " edges");
+      var m = meta.metrics || {};
+      if (typeof m.faithfulness === "number") { parts.push("faithfulness " + fmt(m.faithfulness)); }
+      if (typeof meta.replacement_score === "number") { parts.push("replacement " + fmt(meta.replacement_score)); }
+      if (typeof meta.completeness_score === "number") { parts.push("completeness " + fmt(meta.completeness_score)); }
+      summary.textContent = parts.join(" · ");
+    }
+
+    function slider(cls, label, min, max, step, value, onChange, event) {
+      var box = el("label", "cv-slider", label + " ");
+      var input = el("input", cls);
+      input.type = "range"; input.min = String(min); input.max = String(max); input.step = String(step);
+      input.value = String(value);
+      var shown = el("span", cls + "-label", String(value));
+      input.addEventListener(event, function () { shown.textContent = input.value; onChange(Number(input.value)); });
+      box.appendChild(input);
+      box.appendChild(shown);
+      controls.appendChild(box);
+      return input;
+    }
+
+    var thresholds = options.thresholds || null;
+    var pending = Promise.resolve();
+
+    function setThresholds(node, edge) {
+      if (!thresholds) { return Promise.reject(new Error("this view has no re-pruning")); }
+      thresholds.node = node; thresholds.edge = edge;
+      root.dataset.busy = "1";
+      pending = pending.then(function () { return thresholds.fetch(node, edge); }).then(function (fresh) {
+        g = prepare(fresh);
+        draw();
+        syncThresholdSliders();
+      }).finally(function () { delete root.dataset.busy; });
+      return pending;
+    }
+
+    function syncThresholdSliders() {
+      [["cv-node-threshold", thresholds.node], ["cv-edge-threshold", thresholds.edge]].forEach(function (pair) {
+        var input = controls.querySelector("." + pair[0]);
+        if (input) {
+          input.value = String(pair[1]);
+          controls.querySelector("." + pair[0] + "-label").textContent = String(pair[1]);
+        }
+      });
+    }
+
+    function buildControls() {
+      controls.textContent = "";
+      if (kind === "attribution") {
+        if (!thresholds) { return; }
+        if (thresholds.node === undefined) { thresholds.node = typeof g.meta.node_threshold === "number" ? g.meta.node_threshold : 0.8; }
+        if (thresholds.edge === undefined) { thresholds.edge = typeof g.meta.edge_threshold === "number" ? g.meta.edge_threshold : 0.98; }
+        slider("cv-node-threshold", "node threshold", 0, 1, 0.01, thresholds.node, function (v) {
+          setThresholds(v, thresholds.edge);
+        }, "change");
+        slider("cv-edge-threshold", "edge threshold", 0, 1, 0.01, thresholds.edge, function (v) {
+          setThresholds(thresholds.node, v);
+        }, "change");
+        return;
+      }
+      if (g.hasAllEdges) {
+        slider("cv-topn", "top edges by |score|", 0, g.rankedNames.length, 1, topN, setTopN, "input");
+      }
+    }
+
+    function drawCurve() {
+      var curve = (g.meta.metrics || {}).curve;
+      curveBox.textContent = "";
+      if (plot) { plot.destroy(); plot = null; }
+      if (kind === "attribution" || !curve || !curve.percents || typeof uPlot === "undefined") { return; }
+      curveBox.appendChild(el("h3", "", "Faithfulness curve"));
+      curveBox.appendChild(el("p", "cv-curve-scores",
+        "CPR " + fmt(curve.cpr) + " (area under f) · CMD " + fmt(curve.cmd) + " (area under |1 − f|)"));
+      var total = g.rankedNames.length;
+      var marker = {  // the slider's top-n as a share of all scored edges: a dashed line
+        hooks: { draw: function (u) {
+          if (!total || !topN) { return; }
+          var x = u.valToPos(Math.max(curve.percents[0], 100 * topN / total), "x", true);
+          var ctx = u.ctx;
+          ctx.save(); ctx.strokeStyle = "#1d2330"; ctx.setLineDash([4, 3]); ctx.beginPath();
+          ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke(); ctx.restore();
+        } }
+      };
+      plot = new uPlot({
+        width: 296, height: 170, plugins: [marker], legend: { show: false }, cursor: { show: false },
+        scales: { x: { time: false, distr: 3 },
+                  y: { range: function (u, lo, hi) { return [Math.min(0, lo), Math.max(1, hi)]; } } },
+        axes: [{ label: "% of edges", size: 34, font: "10px system-ui" },
+               { label: "faithfulness", size: 44, font: "10px system-ui" }],
+        series: [{}, { label: "faithfulness", stroke: BLUE, fill: "rgba(31,95,191,0.12)", width: 1.5,
+                       points: { show: true, size: 5 } }]
+      }, [curve.percents, curve.faithfulness], curveBox);
+    }
+
+    draw();
+    buildControls();
+    fit();  // the controls took their height from the drawing's box
+
     return {
-      in: into.map(function (e) { return { name: e.name, source: e.link.source, score: e.value }; }),
-      out: out.map(function (e) { return { name: e.name, target: e.link.target, score: e.value }; })
+      get kind() { return kind; },
+      drawnNodes: function () { return cy.nodes(":visible").length; },
+      drawnEdges: function () { return drawn.length; },
+      setTopN: setTopN,
+      select: select,
+      highlightPaths: highlightPaths,
+      setThresholds: setThresholds,
+      cy: cy,  // for tests and the browser console
+      destroy: function () { if (plot) { plot.destroy(); } cy.destroy(); root.textContent = ""; }
     };
   }
 
-  cy.on("tap", "node", function (evt) { select(evt.target.id()); });
-
-  var tooltip = document.getElementById("tooltip");
-  cy.on("mouseover", "node", function (evt) {
-    var n = byId[evt.target.id()];
-    var lines = [n.id];
-    if (kind === "attribution") {
-      if (n.token) { lines.push("token: " + JSON.stringify(n.token)); }
-      lines.push("activation: " + fmt(n.activation), "influence: " + fmt(n.influence));
-      if (n.prob !== null && n.prob !== undefined) { lines.push("prob: " + fmt(n.prob)); }
-    }
-    tooltip.textContent = lines.join("\n");
-    tooltip.hidden = false;
-  });
-  cy.on("mousemove", function (evt) {
-    var e = evt.originalEvent;
-    if (e) { tooltip.style.left = (e.clientX + 12) + "px"; tooltip.style.top = (e.clientY + 12) + "px"; }
-  });
-  cy.on("mouseout", "node", function () { tooltip.hidden = true; });
-
-  var summary = document.getElementById("summary");
-  function setTopN(n) {
-    var topN = Math.max(0, Math.min(Math.floor(n), rankedNames.length));
-    var slider = document.getElementById("topn");
-    if (slider) { slider.value = String(topN); document.getElementById("topn-label").textContent = topN; }
-    draw(topLinks(topN));
-    return cy.edges().length;
-  }
-
-  (function controls() {
-    var parts = [];
-    if (meta.model) { parts.push(meta.model); }
-    if (meta.task) { parts.push(meta.task); }
-    if (meta.method) { parts.push(meta.method); }
-    if (kind === "attribution" && meta.prompt) { parts.push("prompt " + JSON.stringify(meta.prompt)); }
-    parts.push(nodes.length + " nodes, " + links.length + " edges in the file");
-    if (meta.metrics && typeof meta.metrics.faithfulness === "number") {
-      parts.push("faithfulness " + fmt(meta.metrics.faithfulness));
-    }
-    summary.textContent = parts.join(" · ");
-    if (kind === "attribution" || !hasAllEdges) { return; }
-    var box = document.getElementById("controls");
-    var label = text("label", "top edges by |score|: ");
-    label.htmlFor = "topn";
-    var slider = document.createElement("input");
-    slider.type = "range"; slider.id = "topn"; slider.min = "0";
-    slider.max = String(rankedNames.length);
-    slider.value = String(Object.keys(inCircuitNames).length);
-    slider.addEventListener("input", function () { setTopN(Number(slider.value)); });
-    box.appendChild(label);
-    box.appendChild(slider);
-    box.appendChild(text("span", slider.value, "")).id = "topn-label";
-  })();
-
-  window.circuitdViewer = {
-    kind: kind,
-    drawnNodes: function () { return cy.nodes().length; },
-    drawnEdges: function () { return cy.edges().length; },
-    setTopN: setTopN,
-    select: select
-  };
-
-  draw(kind === "attribution" ? links : inCircuit);
-})();
+  global.CircuitdViewer = { mount: mount };
+})(window);
