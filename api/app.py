@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.boundary import Boundary
-from api.routes import catalog, graphs, health, jobs
+from api.routes import catalog, graphs, health, jobs, ui
 from api.telemetry import MetricsMiddleware
 from circuitd import __version__
 
@@ -26,6 +26,7 @@ def create_app() -> FastAPI:
     app.include_router(graphs.router, prefix="/v1", responses=owned)
     app.include_router(catalog.router, prefix="/v1", responses=errors.responses(401, 422, 429, 500))
     app.include_router(health.router, responses=errors.responses(401, 500))
+    app.include_router(ui.router, include_in_schema=False)  # the web UI's static files: no API surface
     return app
 
 

@@ -5,13 +5,16 @@ launch the system chromium (``scripts/ensure-chromium.sh`` installs it; ``make t
 A missing binary fails the tests instead of skipping them, so the browser tier never silently
 passes without a browser. Every page gets a watch that fails the test on a console error, an
 uncaught page error or any request that is not ``file:`` or ``data:`` (the viewer must work offline),
-and a screenshot under ``build/screenshots/`` to look at afterwards.
+and a screenshot under ``build/screenshots/`` to look at afterwards. A test module of pages served by
+a running service overrides the ``service_origin`` fixture: requests to that one origin then pass too.
+A test that provokes a console error on purpose says so with ``console_allowance.allow(pattern)``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,21 +48,42 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def watch(context: BrowserContext, page: Page) -> list[str]:
-    """Record what should never happen on an offline page, one readable line each: console
-    errors, uncaught exceptions, and requests that leave ``file:``/``data:`` (those are aborted)."""
+@dataclass
+class ConsoleAllowance:
+    """Console errors one test provokes on purpose (a regular expression each, e.g. Chromium's line
+    for a deliberate 422) and the lines they let through, for the test to count."""
+
+    patterns: list[re.Pattern[str]] = field(default_factory=list)
+    matched: list[str] = field(default_factory=list)
+
+    def allow(self, pattern: str) -> None:
+        self.patterns.append(re.compile(pattern))
+
+    def takes(self, line: str) -> bool:
+        if any(p.search(line) for p in self.patterns):
+            self.matched.append(line)
+            return True
+        return False
+
+
+def watch(
+    context: BrowserContext, page: Page, origin: str | None = None, allowance: ConsoleAllowance | None = None
+) -> list[str]:
+    """Record what should never happen on a page, one readable line each: console errors (but those
+    ``allowance`` takes), uncaught exceptions, and requests that leave ``file:``/``data:`` and, when
+    given, ``origin`` (e.g. ``http://127.0.0.1:8000``); those are aborted."""
     problems: list[str] = []
 
     def route(r: Route) -> None:
         url = r.request.url
-        if url.startswith(LOCAL_SCHEMES):
+        if url.startswith(LOCAL_SCHEMES) or (origin is not None and url.startswith(f"{origin}/")):
             r.continue_()
         else:
             problems.append(f"network request blocked: {url}")
             r.abort()
 
     def console(message: ConsoleMessage) -> None:
-        if message.type == "error":
+        if message.type == "error" and not (allowance is not None and allowance.takes(message.text)):
             problems.append(f"console error: {message.text}")
 
     context.route("**/*", route)
@@ -74,11 +98,27 @@ def screenshot_path(test_name: str) -> Path:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+def service_origin() -> str | None:
+    """The one origin besides ``file:``/``data:`` a page may reach: none here; a module testing a
+    running service's pages overrides this fixture with that service's ``http://host:port``."""
+    return None
+
+
+@pytest.fixture
+def console_allowance() -> ConsoleAllowance:
+    """Nothing allowed unless the test calls ``allow``."""
+    return ConsoleAllowance()
+
+
+@pytest.fixture
+def page(
+    browser: Browser, request: pytest.FixtureRequest, service_origin: str | None,
+    console_allowance: ConsoleAllowance,
+) -> Iterator[Page]:
     """A fresh page under :func:`watch`; the test fails on any problem it recorded."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     new_page = context.new_page()
-    request.node.stash[_PROBLEMS] = watch(context, new_page)
+    request.node.stash[_PROBLEMS] = watch(context, new_page, service_origin, console_allowance)
     try:
         yield new_page
     finally:
