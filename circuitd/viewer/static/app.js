@@ -40,11 +40,7 @@
     return node;
   }
 
-  function fmt(x) {
-    if (typeof x !== "number") { return x === null || x === undefined ? "–" : String(x); }
-    if (Number.isInteger(x)) { return String(x); }
-    return Math.abs(x) >= 1e-3 || x === 0 ? x.toPrecision(4) : x.toExponential(3);
-  }
+  const fmt = CircuitdViewer.fmt;  // numbers written as the viewer writes them
 
   function taskLabel(spec) {
     const task = spec.task;

@@ -669,5 +669,5 @@
     };
   }
 
-  global.CircuitdViewer = { mount: mount };
+  global.CircuitdViewer = { mount: mount, fmt: fmt };
 })(window);
