@@ -7,7 +7,8 @@ requests and by the worker's forked children.
 
 The subcommands live beside this module: ``analysis`` (in-process circuit discovery and its
 files), ``mib`` (MIB circuit-track export and checks), ``service`` (run the service and talk to
-it), ``training`` (zoo models, transcoders), ``view`` (a graph file as an offline HTML page or an SVG picture).
+it), ``training`` (zoo models, transcoders), ``view`` (a graph file as an offline HTML page or
+an SVG picture).
 """
 
 from __future__ import annotations
