@@ -102,6 +102,11 @@ class Evaluator:
             "n_edges_total": self.graph.n_edges,
         }
 
+    def faithfulness_of(self, keep: torch.Tensor) -> list[float]:
+        """Faithfulness of circuits ``keep [C, n_edges]``, one per circuit."""
+        values = self.metric_of(keep).tolist()
+        return [metrics.faithfulness(v, self.metric_full, self.metric_empty) for v in values]
+
     def curve(
         self, scores: torch.Tensor, percents: tuple[float, ...] = CURVE_PERCENTS, prune: bool = False
     ) -> Curve:
@@ -111,16 +116,22 @@ class Evaluator:
         masks = torch.stack([top_n(scores, k) for k in ks])
         if prune:
             masks = torch.stack([prune_dangling(self.graph, m) for m in masks])
-        values = self.metric_of(masks).tolist()
-        f = [metrics.faithfulness(v, self.metric_full, self.metric_empty) for v in values]
-        x = [p / 100 for p in percents]
+        f = self.faithfulness_of(masks)
+        area = areas(percents, f)
         return {
             "percents": list(percents),
             "n_edges": ks,
             "faithfulness": f,
-            "cpr": trapezoid(x, f),
-            "cmd": trapezoid(x, [abs(1 - v) for v in f]),
+            "cpr": area["cpr"],
+            "cmd": area["cmd"],
         }
+
+
+def areas(percents: tuple[float, ...] | list[float], f: list[float]) -> dict[str, float]:
+    """CPR (area under the faithfulness curve) and CMD (area under |1 - f|) over the fraction
+    ``percents / 100`` of the edges or nodes kept, trapezoids."""
+    x = [p / 100 for p in percents]
+    return {"cpr": trapezoid(x, f), "cmd": trapezoid(x, [abs(1 - v) for v in f])}
 
 
 def trapezoid(x: list[float], y: list[float]) -> float:

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     max_tokens: int = 512  # per prompt
     max_edges: int = 1_000_000
     max_ig_steps: int = 64
+    max_mask_steps: int = 10_000  # edge-pruning: optimisation steps of one job
+    max_patching_trials: int = 20_000_000  # patching: edges x prompts (one single-edge pass each)
     eval_max_elements: int = 2**27  # activations per patched pass when evaluating circuits
     max_feature_nodes: int = 4096  # attribution graphs: features kept (by influence) past this
     max_logit_targets: int = 64  # attribution graphs: the most target logits of one graph

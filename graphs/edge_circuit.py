@@ -6,7 +6,13 @@ An edge into a key/value head of a grouped-query model (``a{l}.kv{g}<k>``, see
 :mod:`circuitd.edges`) reaches every query head of its group, so it is drawn once into each
 of them (``a{l}.h{g*r}`` .. ``a{l}.h{g*r+r-1}``), every copy with the edge's one name and
 score and ``kv_head`` naming the key/value head; ``meta["edge_layout"]`` gives ``r``.
-Paths, neighbourhoods and node sets then see the heads that really read the edge."""
+Paths, neighbourhoods and node sets then see the heads that really read the edge.
+
+A node-level circuit (``level: "node"`` in the metadata, :mod:`circuitd.methods.node_level`) is stored
+the same way, as the edges of its kept nodes; each node also carries its ``score`` and
+``in_circuit``, and each edge its source node's score. A neuron-level circuit (``level:
+"neuron"``, :mod:`circuitd.methods.neuron_level`) is a list of MLP neurons ``m{l}.n{i}`` (``kind:
+"neuron"``, ``layer``, ``neuron``), each with its ``score`` and ``in_circuit``, and no edges."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from graphs.formats import EDGE_CIRCUIT_FORMAT
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP = re.compile(r"^m(\d+)$")
+_NEURON = re.compile(r"^m(\d+)\.n(\d+)$")
 _EDGE = re.compile(r"^(?P<src>[^<>]+)->(?P<dst>[^<>]+?)(?:<(?P<key>[qkv])>)?$")
 KV_HEAD = re.compile(r"^a(\d+)\.kv(\d+)$")
 
@@ -34,6 +41,8 @@ def node_attributes(name: str) -> dict[str, Any]:
         return {"kind": "attn_head", "layer": int(m.group(1)), "head": int(m.group(2))}
     if m := _MLP.match(name):
         return {"kind": "mlp", "layer": int(m.group(1))}
+    if m := _NEURON.match(name):
+        return {"kind": "neuron", "layer": int(m.group(1)), "neuron": int(m.group(2))}
     raise ValueError(f"not a node name: '{name}'")
 
 
@@ -75,8 +84,10 @@ def build_edge_circuit(
     in_circuit: Iterable[bool],
     meta: Mapping[str, Any],
     all_edges: bool = False,
+    nodes: Mapping[str, tuple[float, bool]] | None = None,
 ) -> nx.MultiDiGraph[str]:
-    """The circuit graph; with ``all_edges`` every scored edge is kept, marked in or out."""
+    """The circuit graph; with ``all_edges`` every scored edge is kept, marked in or out.
+    ``nodes``: node name -> (score, in circuit), for a node-level circuit."""
     graph: nx.MultiDiGraph[str] = nx.MultiDiGraph(format=EDGE_CIRCUIT_FORMAT, **meta)
     group_size = kv_group_size(meta)
     for name, score, kept in zip(names, scores, in_circuit, strict=True):
@@ -94,4 +105,23 @@ def build_edge_circuit(
                 if node not in graph:
                     graph.add_node(node, **node_attributes(node))
             graph.add_edge(src, head, key=key if key else 0, **attrs)
+    for node, (score, kept) in (nodes or {}).items():
+        if node in graph:
+            graph.nodes[node].update(score=float(score), in_circuit=bool(kept))
+    return graph
+
+
+def build_neuron_circuit(
+    names: Iterable[str],
+    scores: Iterable[float],
+    in_circuit: Iterable[bool],
+    meta: Mapping[str, Any],
+    all_neurons: bool = False,
+) -> nx.MultiDiGraph[str]:
+    """A neuron-level circuit: its neurons as nodes; with ``all_neurons`` every scored neuron,
+    marked in or out."""
+    graph: nx.MultiDiGraph[str] = nx.MultiDiGraph(format=EDGE_CIRCUIT_FORMAT, **meta)
+    for name, score, kept in zip(names, scores, in_circuit, strict=True):
+        if kept or all_neurons:
+            graph.add_node(name, **node_attributes(name), score=float(score), in_circuit=bool(kept))
     return graph

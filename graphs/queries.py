@@ -83,6 +83,27 @@ def top_edges(graph: nx.DiGraph[str], n: int = 20) -> list[dict[str, Any]]:
     return [edge_record(*e) for e in ranked[:n]]
 
 
+def top_nodes(graph: nx.DiGraph[str], n: int = 20) -> list[dict[str, Any]]:
+    """The ``n`` heads, MLPs or neurons of largest |score| in a node- or neuron-level circuit,
+    strongest first (ties by name); each with its attributes (``score``, ``in_circuit``,
+    ``kind``, ``layer``, ...)."""
+    scored = [
+        (node, d) for node, d in graph.nodes(data=True)
+        if d.get("kind") in ("attn_head", "mlp", "neuron") and d.get("score") is not None
+    ]
+    ranked = sorted(scored, key=lambda nd: (-abs(nd[1]["score"]), nd[0]))
+    return [{"id": node, **d} for node, d in ranked[:n]]
+
+
+def top(graph: nx.DiGraph[str], n: int = 20) -> dict[str, Any]:
+    """The top of a graph at its level: ``{"level": "node", "nodes": [...]}`` for a node-level
+    circuit (``"neuron"`` for a neuron-level one), else ``{"level": "edge", "edges": [...]}``."""
+    level = graph.graph.get("level", "edge")
+    if level in ("node", "neuron"):
+        return {"level": level, "nodes": top_nodes(graph, n)}
+    return {"level": level, "edges": top_edges(graph, n)}
+
+
 def neighbourhood(graph: nx.DiGraph[str], node: str) -> dict[str, Any]:
     """A node's attributes and its incoming and outgoing edges, each by |score|; KeyError if absent."""
     if node not in graph:

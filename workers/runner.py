@@ -32,7 +32,9 @@ log = logging.getLogger("circuitd.worker")
 
 SUMMARY_KEYS = (
     "faithfulness", "n_edges", "n_edges_total", "metric_full", "metric_empty", "metric_circuit",
-    "cpr", "cmd", "seconds", "n_prompts",
+    "cpr", "cmd", "seconds", "n_prompts", "curve_level",
+    # node- and neuron-level circuits
+    "n_neurons", "n_neurons_total",
     # attribution graphs
     "n_nodes", "n_nodes_total", "replacement_score", "completeness_score", "top_logit", "backward_passes",
     "validation",

@@ -135,8 +135,9 @@ def _neuronpedia(full: nx.DiGraph[str], job_id: str, node_threshold: float, edge
 def top(
     job: JobDep, st: StoreDep, n: Annotated[int, Query(ge=1, le=100_000)] = 20, all_edges: AllEdges = False
 ) -> Response:
-    """The ``n`` edges of largest |score|."""
-    return _json({"job": job.id, "edges": queries.top_edges(_graph(st, job, all_edges), n)})
+    """The ``n`` edges of largest |score| (``edges``); for a node- or neuron-level circuit the ``n``
+    nodes or neurons of largest |score| (``nodes``), with the graph's ``level``."""
+    return _json({"job": job.id, **queries.top(_graph(st, job, all_edges), n)})
 
 
 @router.get("/nodes/{node}")

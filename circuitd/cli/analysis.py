@@ -13,6 +13,7 @@ from circuitd.names import ABLATIONS, DTYPES, METRICS
 from circuitd.spec import DEFAULT_METHOD
 
 if TYPE_CHECKING:
+    from circuitd.edges import KVHeads
     from circuitd.methods.contract import Result
     from circuitd.spec import JobSpec
 
@@ -184,9 +185,11 @@ def cmd_discover(args: argparse.Namespace) -> int:
         write_eap_ig(result.full_graph, args.out, eap_ig_config(spec.model))  # every edge, scored
     else:
         write_json(result.full_graph if args.all_edges else result.graph, args.out)
+    from circuitd.methods.edge_run import circuit_size
+
     m = result.metrics
     print(
-        f"{spec.method} on {spec.model}/{spec.task_name}: {m['n_edges']}/{m['n_edges_total']} edges, "
+        f"{spec.method} on {spec.model}/{spec.task_name}: {circuit_size(m)}, "
         f"faithfulness {m['faithfulness']:.3f}"
         + (f", CPR {m['cpr']:.3f}, CMD {m['cmd']:.3f}" if "cpr" in m else "")
         + f", {m['seconds']:.1f}s -> {args.out}"
@@ -194,7 +197,110 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_layout(names: list[str], meta: dict[str, Any], no_split_qkv: bool) -> tuple[bool, KVHeads]:
+    """The q/k/v split and k/v layout of a file's edges: as discover recorded them
+    (``edge_layout``), for older files and scores files as the names show."""
+    split = not no_split_qkv and not any("<" not in n and "->a" in n for n in names)
+    layout = meta.get("edge_layout") or {}
+    grouped = layout.get("kv_heads") == "grouped" or any(".kv" in n for n in names)
+    return split, "grouped" if grouped else "per-query"
+
+
+def _read_scores(path: str, model_id: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Edge name -> score, and the file's metadata, from a graph file (node-link JSON from
+    discover --all-edges, or EAP-IG / MIB graph JSON) or a scores file ``{"model": ...,
+    "scores": {edge name: score}}``."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict) and isinstance(data.get("scores"), dict):
+            scores = {str(name): float(value) for name, value in data["scores"].items()}
+            return scores, {"model": data["model"]} if data.get("model") else {}
+        circuit = read_circuit(path, model_id)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        where = "" if str(exc).startswith(path) else f"{path}: "  # EAP-IG errors name it
+        raise CircuitdError(f"{where}not a graph or scores file: {' '.join(str(exc).split())}") from exc
+    if circuit.graph.get("kind") == "attribution":
+        raise CircuitdError(f"{path}: an attribution graph has no edge scores to rank")
+    level = circuit.graph.get("level", "edge")
+    if level != "edge":
+        raise CircuitdError(f"{path}: a {level}-level graph; --against ranks edge scores")
+    scores: dict[str, float] = {}
+    for *_, d in circuit.edges(data=True):  # an edge into a key/value head is drawn per query head
+        if "score" not in d:
+            raise CircuitdError(f"{path}: edge '{d['name']}' has no score")
+        scores[d["name"]] = float(d["score"])
+    return scores, dict(circuit.graph)
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two ids name one model (``random:tiny`` is ``random:tiny@0``); ids that no
+    longer parse (a directory since removed) are compared as written."""
+    from circuitd.errors import ModelError
+    from circuitd.models.ids import parse_model_id
+
+    try:
+        return parse_model_id(a).id == parse_model_id(b).id
+    except ModelError:
+        return a.strip() == b.strip()
+
+
+ROC_POINTS_SHOWN = 24
+"""Longer ROC curves are left to ``--json``: one line of text should stay readable."""
+
+
+def cmd_evaluate_against(args: argparse.Namespace) -> int:
+    """ROC of a file's edge scores against a known circuit. Nothing runs: the model's config
+    alone sizes its edge graph."""
+    import json
+
+    from circuitd.edges import EdgeGraph
+    from circuitd.models.registry import model_shape
+    from circuitd.roc import KnownCircuit, against_known
+
+    if args.scores and args.circuit:
+        raise CircuitdError("evaluate --against: give the scores file once (positional or --circuit)")
+    path = args.scores or args.circuit
+    if not path:
+        raise CircuitdError("evaluate --against: give the graph or scores file to rank")
+    known = KnownCircuit.read(args.against)
+    if args.model and not _same_model(args.model, known.model):
+        raise CircuitdError(f"--model: {args.model}, but {args.against} is a circuit of {known.model}")
+    scores, meta = _read_scores(path, known.model)
+    if meta.get("model") and not _same_model(str(meta["model"]), known.model):
+        raise CircuitdError(
+            f"{path}: a graph of {meta['model']}, but {args.against} is a circuit of {known.model}"
+        )
+    split, kv_heads = _edge_layout(list(scores), meta, args.no_split_qkv)
+    graph = EdgeGraph(model_shape(known.model), split, kv_heads)
+    report = against_known(graph, known, scores, where=path)
+    if args.json:
+        print(json.dumps({"known_circuit": args.against, "scores": path, **report.to_json()}, indent=1))
+        return 0
+    print(f"known circuit: {args.against} ({known.model}: {report.edge.n_positive} of "
+          f"{graph.n_edges} edges, {report.node.n_positive} of {len(graph.nodes)} nodes)")
+    print(f"scores: {path} (edges ranked by |score|; a node by the max |score| of its edges)")
+    for level, r in (("edge", report.edge), ("node", report.node)):
+        print(f"{level} AUROC: {r.auc:.4f} ({r.n_positive} known, {r.n_negative} other {level}s)")
+    for level, r in (("edge", report.edge), ("node", report.node)):
+        if len(r.fpr) > ROC_POINTS_SHOWN:
+            print(f"{level} ROC: {len(r.fpr)} points (--json lists them)")
+        else:
+            points = " ".join(f"({f:.3g}, {t:.3g})" for f, t in zip(r.fpr, r.tpr, strict=True))
+            print(f"{level} ROC (FPR, TPR): {points}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.against:
+        return cmd_evaluate_against(args)
+    if args.scores:
+        raise CircuitdError(f"evaluate: {args.scores}: a scores file is ranked with --against KNOWN.json")
+    for flag, value in (("--model", args.model), ("--task", args.task), ("--circuit", args.circuit)):
+        if value is None:
+            raise CircuitdError(f"evaluate: {flag} is required (unless --against)")
     import torch
 
     from circuitd.edge_context import MethodContext
@@ -211,12 +317,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if circuit.graph.get("kind") == "attribution":
         raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
-    split = not args.no_split_qkv and not any("<" not in d["name"] and "->a" in d["name"] for *_, d in links)
-    layout = circuit.graph.get("edge_layout") or {}  # recorded by discover; older files: the names
-    grouped = layout.get("kv_heads") == "grouped" or any(".kv" in d["name"] for *_, d in links)
+    split, kv_heads = _edge_layout([d["name"] for *_, d in links], circuit.graph, args.no_split_qkv)
     spec = _spec_from_args(args, "eap", {})
     model = load_model(spec.model, spec.device, spec.dtype)
-    graph = EdgeGraph(model.shape, split, "grouped" if grouped else "per-query")
+    graph = EdgeGraph(model.shape, split, kv_heads)
     try:
         idx = graph.index_of([d["name"] for *_, d in links])
     except KeyError as exc:
@@ -317,8 +421,11 @@ def cmd_reprune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_task_args(p: argparse.ArgumentParser, task_required: bool = True) -> None:
-    p.add_argument("--model", required=True, help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
+def _add_task_args(
+    p: argparse.ArgumentParser, task_required: bool = True, model_required: bool = True
+) -> None:
+    p.add_argument("--model", required=model_required,
+                   help="zoo:<name>, random:<preset>[@seed], local:<dir>, TL name")
     p.add_argument("--task", required=task_required,
                    help="a generator (ioi, greater_than, induction, random) or JSON")
     p.add_argument("--task-param", action="append", default=[], metavar="NAME=VALUE",
@@ -350,13 +457,21 @@ def add_analysis_commands(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_discover)
 
-    p = sub.add_parser("evaluate", help="faithfulness, curve, CPR and CMD of a circuit file")
-    _add_task_args(p)
+    p = sub.add_parser("evaluate", help="faithfulness, curve, CPR and CMD of a circuit file, or "
+                       "with --against the ROC AUC of its edge scores against a known circuit")
+    _add_task_args(p, task_required=False, model_required=False)  # required unless --against
     p.add_argument("--metric", choices=METRICS, help="overrides the task's metric")
     p.add_argument("--ablation", choices=ABLATIONS, default="resample")
     p.add_argument("--no-split-qkv", action="store_true")
-    p.add_argument("--circuit", required=True,
+    p.add_argument("--circuit",
                    help="node-link JSON written by discover, or an EAP-IG / MIB graph JSON")
+    p.add_argument("--against", metavar="KNOWN.json",
+                   help="a known circuit (circuitd.known-circuit/1, e.g. a zoo model's "
+                   "known_circuit.json): edge- and node-level ROC AUC of the scores' |score|")
+    p.add_argument("scores", nargs="?",
+                   help="with --against: a graph written with discover --all-edges (or --format "
+                   "eap-ig), or {\"scores\": {edge: score}}")
+    p.add_argument("--json", action="store_true", help="with --against: the ROC as JSON, points included")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("validate-graph", help="scale nodes of an attribution graph: predicted vs actual")

@@ -13,9 +13,13 @@ from __future__ import annotations
 from circuitd.methods.acdc import ACDC
 from circuitd.methods.attribution_graph import ATTRIBUTION_GRAPH
 from circuitd.methods.contract import Method
-from circuitd.methods.eap import EAP, EAP_IG
+from circuitd.methods.eap import EAP, EAP_IG, EAP_IG_ACT
+from circuitd.methods.edge_patching import PATCHING
+from circuitd.methods.edge_pruning import EDGE_PRUNING
 
-METHODS: dict[str, Method] = {m.name: m for m in (EAP, EAP_IG, ACDC, ATTRIBUTION_GRAPH)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (EAP, EAP_IG, EAP_IG_ACT, PATCHING, EDGE_PRUNING, ACDC, ATTRIBUTION_GRAPH)
+}
 
 
 def param_owners(name: str) -> list[str]:

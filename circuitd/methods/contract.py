@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from circuitd.spec import JobSpec
 
 DEFAULT_TOP_FRACTION = 0.05  # edge methods without top_n or threshold keep this share of the edges
+Level = Literal["edge", "node", "neuron"]
+# How a method scores nodes at level node (circuitd.methods.node_level): "sum" of its out-edges' scores
+# (first-order, additive scores: exact for the linearised metric), "exact" metric change of
+# ablating the node alone, or ACDC's "greedy" pass over nodes; None: edge level only.
+NodeScoring = Literal["sum", "exact", "greedy"]
 
 
 class MethodParams(BaseModel):
@@ -60,11 +65,26 @@ class EdgeParams(MethodParams):
         "(per-query, as TransformerLens's ungrouped attention and EAP-IG); needs split_qkv",
     )
     curve: bool = Field(default=True, description="compute the faithfulness curve, CPR and CMD")
+    level: Level = Field(
+        default="edge",
+        description="edge: score and select edges; node: heads and MLPs, each ablated as a whole; "
+        "neuron: MLP neurons (top_n and threshold count nodes or neurons)",
+    )
+    node_scoring: ClassVar[NodeScoring | None] = None  # set by the methods that have a node level
+    neuron_level: ClassVar[bool] = False  # set by the first-order methods (circuitd.methods.neuron_level)
 
     @model_validator(mode="after")
     def _one_selection(self) -> EdgeParams:
         if self.top_n is not None and self.threshold is not None:
             raise ValueError("top_n and threshold: give at most one")
+        return self
+
+    @model_validator(mode="after")
+    def _level_supported(self) -> EdgeParams:
+        levels = ["edge"] + ["node"] * (self.node_scoring is not None) + ["neuron"] * self.neuron_level
+        if self.level not in levels:
+            offered = ", ".join(levels)
+            raise ValueError(f"level: '{self.level}' is not available for this method (only {offered})")
         return self
 
     def check_spec(self, spec: JobSpec) -> None:

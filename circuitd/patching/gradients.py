@@ -1,6 +1,8 @@
 """Edge attribution patching: ``d metric / d alpha`` at alpha = 0 for every edge
 (``edge_gradients``; EAP, and EAP-IG over interpolated inputs), from the gradients at the
-destination inputs: one backward pass and one matrix product per destination group."""
+destination inputs: one backward pass and one matrix product per destination group; and
+at any edge weights, for several circuits at once (``circuit_gradients``; EAP-IG over
+activations)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,23 @@ class EdgeGradients(EngineCore):
                 torch.sub(ablated, diff, out=diff)
             self._contract(grads, diff, scores, workspace)
         return scores / steps
+
+    def circuit_gradients(
+        self,
+        tokens: torch.Tensor,
+        ablated: torch.Tensor,
+        alpha: torch.Tensor,
+        metric_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``d metric_c / d alpha[c]`` ``[C, n_edges]`` for circuits ``alpha [C, n_edges]``
+        at any edge weights, not only at zero as :meth:`edge_gradients` (EAP-IG over
+        activations evaluates them part-way between clean and ablated). One patched pass of
+        the C circuits (:meth:`run`) and its backward pass; ``metric_fn`` maps the logits
+        ``[C, B, P, V]`` to one metric per circuit ``[C]``."""
+        with torch.enable_grad():
+            weights = alpha.detach().to(self.model.device, self.model.dtype).requires_grad_(True)
+            metric_fn(self.run(tokens, ablated, weights)).sum().backward()
+        return cast(torch.Tensor, weights.grad)
 
     def _contract(
         self, grads: list, diff: torch.Tensor, scores: torch.Tensor, workspace: list[torch.Tensor]

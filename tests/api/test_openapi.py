@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from api.app import openapi_text
+from circuitd.methods import METHODS
 
 SNAPSHOT = Path(__file__).with_name("openapi.json")
 
@@ -23,4 +24,6 @@ def test_the_snapshot_is_the_real_document() -> None:
     doc = json.loads(SNAPSHOT.read_text())
     assert {"/v1/jobs", "/v1/methods", "/v1/models", "/v1/tasks"} <= set(doc["paths"])
     method = doc["components"]["schemas"]["JobSpec"]["properties"]["method"]
-    assert method["enum"] == ["eap", "eap-ig", "acdc", "attribution-graph"]
+    assert method["enum"] == list(METHODS)  # every registered method, in the registry's order
+    new = {"eap-ig-act", "patching", "edge-pruning"}
+    assert {"eap", "eap-ig", "acdc", "attribution-graph"} | new <= set(METHODS)

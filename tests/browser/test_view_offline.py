@@ -113,3 +113,58 @@ def test_attribution_view_draws_every_node(page: Page, attribution_view: Viewed)
     open_viewer(page, attribution_view)
     assert viewer(page, "kind") == "attribution"
     assert viewer(page, "drawnNodes()") == meta["n_nodes"]
+
+
+@pytest.fixture(scope="module")
+def node_view(tmp_path_factory: pytest.TempPathFactory) -> Viewed:
+    return discover_and_view(
+        tmp_path_factory.mktemp("node-view"), "eap", "--level", "node", "--all-edges", "--top-n", "6"
+    )
+
+
+@pytest.fixture(scope="module")
+def neuron_view(tmp_path_factory: pytest.TempPathFactory) -> Viewed:
+    return discover_and_view(
+        tmp_path_factory.mktemp("neuron-view"), "eap", "--level", "neuron", "--all-edges", "--top-n", "40"
+    )
+
+
+def ranked_units(doc: dict[str, Any]) -> list[str]:
+    """Heads and MLPs (or neurons) by |score|, file order breaking ties: what the slider ranks."""
+    units = [n for n in doc["nodes"] if n["kind"] not in ("input", "logits")]
+    return [n["id"] for n in sorted(units, key=lambda n: -abs(n["score"]))]
+
+
+def node_circuit_edges(doc: dict[str, Any], kept: set[str]) -> int:
+    """Edges of a node circuit: out of a kept node or the input, into a kept node or the logits."""
+    return sum(
+        1 for link in doc["links"]
+        if (link["source"] in kept or link["source"] == "input")
+        and (link["target"] in kept or link["target"] == "logits")
+    )
+
+
+def test_node_level_view_draws_the_node_circuit_and_ranks_nodes(page: Page, node_view: Viewed) -> None:
+    meta = node_view.doc["graph"]
+    assert meta["level"] == "node" and meta["metrics"]["n_nodes"] == 6
+    doc = node_view.doc
+    kept = {n["id"] for n in doc["nodes"] if n["kind"] not in ("input", "logits") and n["in_circuit"]}
+    assert node_circuit_edges(doc, kept) == meta["metrics"]["n_edges"] == len(circuit_links(doc))
+    open_viewer(page, node_view)
+    assert viewer(page, "drawnEdges()") == meta["metrics"]["n_edges"]
+    assert viewer(page, "drawnNodes()") == 6 + 2  # with input and logits
+    top3 = set(ranked_units(node_view.doc)[:3])
+    assert viewer(page, "setTopN(3)") == node_circuit_edges(node_view.doc, top3)
+    assert page.locator(".cv-controls").inner_text().startswith("top nodes by |score|")
+
+
+def test_neuron_level_view_draws_the_chosen_neurons(page: Page, neuron_view: Viewed) -> None:
+    meta = neuron_view.doc["graph"]
+    assert meta["level"] == "neuron" and meta["metrics"]["n_neurons"] == 40 and not neuron_view.doc["links"]
+    open_viewer(page, neuron_view)
+    assert viewer(page, "drawnNodes()") == 40
+    viewer(page, "setTopN(100)")
+    assert viewer(page, "drawnNodes()") == 100
+    best = ranked_units(neuron_view.doc)[0]
+    viewer(page, f"select({json.dumps(best)})")
+    assert best in page.locator(".cv-panel").inner_text()

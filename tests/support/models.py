@@ -8,12 +8,13 @@ import torch
 from circuitd.batch import TaskBatch
 from circuitd.edge_context import MethodContext
 from circuitd.edges import EdgeGraph
+from circuitd.models import zoo_known
 from circuitd.models.adapter import ModelAdapter
 from circuitd.models.loading import build_from_config
 from circuitd.models.registry import load_model
 from circuitd.patching import PatchingEngine
 from circuitd.tasks import load_task_data, resolve_task
-from circuitd.tasks.base import Task, TaskData
+from circuitd.tasks.base import Task
 
 RANDOM_MODEL_IDS = ["random:tiny@0", "random:tiny@1", "random:tiny-attn-only@2", "random:small@3"]
 
@@ -45,53 +46,21 @@ def method_context(
     return MethodContext(model, graph, task, metric, ablation, batch_size)
 
 
-V, P = 5, 4  # tokens, positions
-
-
 def copy_model() -> ModelAdapter:
-    """Attention-only, 2 layers x 2 heads, no LayerNorm. a0.h0 moves the first token to every
-    position (subspace M); a1.h0 at the last position reads M at its own position and
-    writes to subspace O, which the unembedding reads. Every other weight is zero."""
-    tok, pos, mov, out = 0, V, V + P, 2 * V + P
-    d = 3 * V + P
-    cfg = dict(
-        n_layers=2, d_model=d, n_heads=2, d_head=V, n_ctx=P, d_vocab=V, attn_only=True,
-        normalization_type=None, positional_embedding_type="standard", act_fn="relu",
-    )
-    model = build_from_config(cfg, None, None, "hand:copy", dtype=torch.float64)
-    tl = model.hooked_transformer
-    s = 6.0
-    with torch.no_grad():
-        for p in tl.parameters():
-            p.zero_()
-        tl.embed.W_E[:, tok:pos] = torch.eye(V)
-        tl.pos_embed.W_pos[:, pos : pos + P] = torch.eye(P)
-        a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
-        a0.W_Q[0, pos : pos + P, 0] = s  # every position asks ...
-        a0.W_K[0, pos, 0] = s  # ... for position 0
-        a0.W_V[0, tok:pos, :] = torch.eye(V)
-        a0.W_O[0, :, mov : mov + V] = torch.eye(V)
-        a1.W_Q[0, pos + P - 1, 0] = s  # the last position asks for itself
-        a1.W_K[0, pos + P - 1, 0] = s
-        a1.W_V[0, mov : mov + V, :] = torch.eye(V)
-        a1.W_O[0, :, out : out + V] = torch.eye(V)
-        tl.unembed.W_U[out : out + V, :] = 4 * torch.eye(V)
-    return model
+    """zoo:known-copy in float64: attention-only, 2 layers x 2 heads, no LayerNorm. a0.h0 moves
+    the first token to every position; a1.h0 at the last position reads it and writes to the
+    subspace the unembedding reads. Every other weight is zero (``circuitd.models.zoo_known``)."""
+    return load_model("zoo:known-copy", dtype="float64")
 
 
-COPY_CIRCUIT = {"input->a0.h0<v>", "a0.h0->a1.h0<v>", "a1.h0->logits"}  # the copy model's circuit
+COPY_CIRCUIT = set(zoo_known.COPY_CIRCUIT)  # the copy model's circuit
 
 
 def copy_task(metric: str) -> Task:
-    """Every prompt of the copy model: the answer is the first token; corrupted, that token
-    shifted by two."""
-    clean = [[a, (a + 1) % V, (a + 2) % V, (a + 3) % V] for a in range(V)]
-    corrupted = [[(r[0] + 2) % V, *r[1:]] for r in clean]
-    data = TaskData(
-        name="copy", clean=clean, corrupted=corrupted, correct=[r[0] for r in clean],
-        incorrect=[r[0] for r in corrupted], metric=metric, prepend_bos=False,
-    )
-    return resolve_task(data, None, V, P)
+    """Every prompt of the copy model (its shipped task): the answer is the first token;
+    corrupted, that token shifted by two."""
+    data = zoo_known.shipped_task("known-copy").model_copy(update={"metric": metric})
+    return resolve_task(data, None, zoo_known.COPY_VOCAB, zoo_known.COPY_CTX)
 
 
 # architecture variants the engine's node math claims, on one small base shape

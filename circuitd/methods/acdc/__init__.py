@@ -58,17 +58,19 @@ submodules compute: ``order``, ``reference``, ``fast`` (with ``planner``, ``budg
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from circuitd.limits import MAX_TAUS, at_most
-from circuitd.methods.contract import EdgeMethod, EdgeParams, IGSteps, finite_list
+from circuitd.methods.contract import EdgeMethod, EdgeParams, IGSteps, NodeScoring, finite_list
 from circuitd.names import MetricName
 
 
 class ACDCParams(EdgeParams, IGSteps):
     """ACDC's thresholds, test metric and prefilter; ``ig_steps`` is the EAP-IG prefilter's."""
+
+    node_scoring: ClassVar[NodeScoring | None] = "greedy"  # ACDC-node: the same greedy pass over nodes
 
     tau: list[float] = Field(
         default_factory=lambda: [0.01], min_length=1, max_length=MAX_TAUS,
@@ -100,6 +102,9 @@ class ACDCParams(EdgeParams, IGSteps):
     def _one_prefilter(self) -> ACDCParams:
         if self.prefilter_top_n is not None and self.prefilter_threshold is not None:
             raise ValueError("prefilter_top_n and prefilter_threshold: give at most one")
+        given = "prefilter_top_n" if self.prefilter_top_n is not None else "prefilter_threshold"
+        if self.level != "edge" and getattr(self, given) is not None:
+            raise ValueError(f"{given}: the prefilter selects edges; not at level {self.level}")
         return self
 
 

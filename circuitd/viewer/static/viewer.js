@@ -27,6 +27,7 @@
   var ROW = 55;              // vertical distance between two ranks of an edge circuit
   var COLUMN = 58;           // horizontal distance between neighbours in one rank
   var LAYOUT_EDGES = 400;    // the strongest edges dagre orders the nodes by (its cost grows with them)
+  var MAX_NEURONS_DRAWN = 4000;  // neurons are cytoscape nodes: a neuron slider stops here
   var MANY_EDGES = 3000;     // above this many painted edges, no arrow heads and lighter lines
   var BLUE = "#1f5fbf", RED = "#c23b22";
 
@@ -67,9 +68,22 @@
     var inCircuit = 0;
     rankedNames.forEach(function (name) { if (copies[name][0].link.in_circuit !== false) { inCircuit += 1; } });
     var maxAbs = links.reduce(function (m, e) { return Math.max(m, Math.abs(e.value)); }, 0) || 1;
-    return { doc: doc, kind: kind, meta: doc.graph || {}, nodes: doc.nodes, byId: byId, links: links,
-             copies: copies, rankedNames: rankedNames, circuitNames: inCircuit,
-             hasAllEdges: inCircuit < rankedNames.length, maxAbs: maxAbs };
+    // the level the circuit was chosen at: edges, nodes (heads and MLPs, each ablated whole) or
+    // MLP neurons; the slider ranks what was chosen (nodes by their own score, input and logits
+    // always in), and the curve's x axis counts it
+    var level = kind === "attribution" ? "attribution" : ((doc.graph || {}).level || "edge");
+    var rankedNodes = doc.nodes.filter(function (n) { return n.kind !== "input" && n.kind !== "logits"; })
+      .map(function (n, i) { return { n: n, i: i }; })
+      .sort(function (a, b) { return Math.abs(b.n.score || 0) - Math.abs(a.n.score || 0) || a.i - b.i; })
+      .map(function (x) { return x.n.id; });
+    var units = level === "node" || level === "neuron" ? rankedNodes : rankedNames;
+    var inUnits = level === "node" || level === "neuron"
+      ? rankedNodes.filter(function (id) { return byId[id].in_circuit !== false; }).length : inCircuit;
+    var maxNode = doc.nodes.reduce(function (m, n) { return Math.max(m, Math.abs(n.score || 0)); }, 0) || 1;
+    return { doc: doc, kind: kind, level: level, meta: doc.graph || {}, nodes: doc.nodes, byId: byId,
+             links: links, copies: copies, rankedNames: rankedNames, rankedNodes: rankedNodes,
+             units: units, unitName: level === "node" ? "nodes" : level === "neuron" ? "neurons" : "edges",
+             circuitUnits: inUnits, hasAllEdges: inUnits < units.length, maxAbs: maxAbs, maxNode: maxNode };
   }
 
   /* ---- positions -------------------------------------------------------------------------- */
@@ -144,6 +158,9 @@
     { selector: "node[kind = 'feature']", style: { "width": 28 } },
     { selector: "node[kind = 'error']", style: { "width": 28, "shape": "diamond" } },
     { selector: "node[outside = 1]", style: { "opacity": 0.35 } },  // stored, not in the circuit
+    { selector: "node[sign > 0]", style: { "border-color": "#1f5fbf", "border-width": "data(ring)" } },  // node-level scores
+    { selector: "node[sign < 0]", style: { "border-color": "#c23b22", "border-width": "data(ring)" } },
+    { selector: "node[kind = 'neuron']", style: { "width": 30, "font-size": 8 } },
     { selector: "node.idle", style: { "display": "none" } },          // no drawn edge at this top-n
     { selector: "node:selected", style: { "border-width": 3, "border-color": "#1d2330" } },
     { selector: "node.faded", style: { "opacity": 0.15 } },
@@ -335,8 +352,13 @@
     }
 
     function nodeElement(n) {
-      return { group: "nodes", data: { id: n.id, label: nodeLabel(kind, n), kind: n.kind,
-                                       outside: n.in_circuit === false ? 1 : 0 } };
+      var data = { id: n.id, label: nodeLabel(kind, n), kind: n.kind, outside: n.in_circuit === false ? 1 : 0 };
+      if (g.level === "node" || g.level === "neuron") {  // the node's own score: a ring by sign and size
+        data.sign = (n.score || 0) > 0 ? 1 : (n.score || 0) < 0 ? -1 : 0;
+        data.ring = 1 + 4 * Math.abs(n.score || 0) / g.maxNode;
+        if (g.level === "neuron") { data.label = "n" + n.neuron; }
+      }
+      return { group: "nodes", data: data };
     }
 
     function isSource(id) {
@@ -363,7 +385,7 @@
         (degree[e.link.source] = degree[e.link.source] || [0, 0])[1] += 1;
         (degree[e.link.target] = degree[e.link.target] || [0, 0])[0] += 1;
       });
-      if (kind !== "attribution") {  // a node without a painted edge is hidden (it keeps its place)
+      if (g.level === "edge" || g.level === "node") {  // a node without a painted edge is hidden (it keeps its place)
         cy.batch(function () {
           cy.nodes().forEach(function (node) {
             var idle = !degree[node.id()];
@@ -415,22 +437,65 @@
         cy.add(g.nodes.filter(function (n) { return ids[n.id]; }).map(nodeElement));
       });
       var initial = g.rankedNames.filter(function (name) { return g.copies[name][0].link.in_circuit !== false; });
-      topN = initial.length;
+      topN = g.level === "node" ? g.circuitUnits : initial.length;
       layoutEdgeCircuit(initial);
       setNames(initial);
     }
 
     function setTopN(n) {
       if (kind === "attribution") { return drawn.length; }
-      topN = Math.max(0, Math.min(Math.floor(n), g.rankedNames.length));
+      topN = Math.max(0, Math.min(Math.floor(n), g.units.length));
       var input = controls.querySelector(".cv-topn");
       if (input) {
         input.value = String(topN);
         controls.querySelector(".cv-topn-label").textContent = String(topN);
       }
-      setNames(g.rankedNames.slice(0, topN));
+      if (g.level === "neuron") {
+        placeNeurons(g.rankedNodes.slice(0, topN));
+      } else if (g.level === "node") {
+        setNames(namesAmong(g.rankedNodes.slice(0, topN)));
+      } else {
+        setNames(g.rankedNames.slice(0, topN));
+      }
       drew();
       return drawn.length;
+    }
+
+    function namesAmong(kept) {
+      // a node circuit's edges: out of a kept node (or the input) into a kept node (or the logits)
+      var keep = { input: true, logits: true };
+      kept.forEach(function (id) { keep[id] = true; });
+      return g.rankedNames.filter(function (name) {
+        var link = g.copies[name][0].link;
+        return keep[link.source] && link.source !== "logits" && keep[link.target] && link.target !== "input";
+      });
+    }
+
+    /* -- neuron-level circuits: the chosen MLP neurons, a row per layer ------------------------ */
+
+    function placeNeurons(ids) {
+      // row = layer (layer 0 at the bottom), neurons of a row by |score| from the centre outwards
+      var rows = {};
+      ids.forEach(function (id) { (rows[g.byId[id].layer] = rows[g.byId[id].layer] || []).push(id); });
+      cy.batch(function () {
+        cy.elements().remove();
+        Object.keys(rows).forEach(function (layer) {
+          var row = rows[layer];
+          cy.add(row.map(function (id, k) {
+            var element = nodeElement(g.byId[id]);
+            element.position = { x: (k % 2 ? -1 : 1) * Math.ceil(k / 2) * 36, y: -Number(layer) * ROW };
+            return element;
+          }));
+        });
+      });
+      setNames([]);
+      cy.fit(cy.nodes(), 30);
+    }
+
+    function drawNeurons() {
+      var initial = g.rankedNodes.filter(function (id) { return g.byId[id].in_circuit !== false; });
+      topN = initial.length;
+      placeNeurons(initial);
     }
 
     /* -- attribution graphs: every node at its (layer, position) cell -------------------------- */
@@ -463,7 +528,7 @@
     }
 
     function draw() {
-      (kind === "attribution" ? drawAttribution : drawEdgeCircuit)();
+      (kind === "attribution" ? drawAttribution : g.level === "neuron" ? drawNeurons : drawEdgeCircuit)();
       describe();
       drawCurve();
       fit();
@@ -517,7 +582,7 @@
       var out = drawn.filter(function (e) { return e.link.source === nodeId; });
       panel.appendChild(el("h2", "", nodeId));
       var n = g.byId[nodeId];
-      ["kind", "layer", "pos", "token", "activation", "influence"].forEach(function (field) {
+      ["kind", "layer", "pos", "token", "activation", "influence", "score"].forEach(function (field) {
         if (n[field] !== undefined && n[field] !== null) { panel.appendChild(el("div", "", field + ": " + fmt(n[field]))); }
       });
       var onPaths = highlightPaths(nodeId);
@@ -618,8 +683,9 @@
         }, "change");
         return;
       }
-      if (g.hasAllEdges) {
-        slider("cv-topn", "top edges by |score|", 0, g.rankedNames.length, 1, topN, setTopN, "input");
+      if (g.hasAllEdges) {  // neurons are drawn as nodes: the slider stops at a few thousand
+        var most = g.level === "neuron" ? Math.min(g.units.length, MAX_NEURONS_DRAWN) : g.units.length;
+        slider("cv-topn", "top " + g.unitName + " by |score|", 0, most, 1, topN, setTopN, "input");
       }
     }
 
@@ -631,7 +697,7 @@
       curveBox.appendChild(el("h3", "", "Faithfulness curve"));
       curveBox.appendChild(el("p", "cv-curve-scores",
         "CPR " + fmt(curve.cpr) + " (area under f) · CMD " + fmt(curve.cmd) + " (area under |1 − f|)"));
-      var total = g.rankedNames.length;
+      var total = g.units.length;
       var marker = {  // the slider's top-n as a share of all scored edges: a dashed line
         hooks: { draw: function (u) {
           if (!total || !topN) { return; }
@@ -645,7 +711,9 @@
         width: 296, height: 170, plugins: [marker], legend: { show: false }, cursor: { show: false },
         scales: { x: { time: false, distr: 3 },
                   y: { range: function (u, lo, hi) { return [Math.min(0, lo), Math.max(1, hi)]; } } },
-        axes: [{ label: "% of edges", size: 34, font: "10px system-ui" },
+        axes: [{ label: "% of " + ((g.meta.metrics || {}).curve_level === "node" ? "nodes"
+                                   : (g.meta.metrics || {}).curve_level === "neuron" ? "neurons" : "edges"),
+                 size: 34, font: "10px system-ui" },
                { label: "faithfulness", size: 44, font: "10px system-ui" }],
         series: [{}, { label: "faithfulness", stroke: BLUE, fill: "rgba(31,95,191,0.12)", width: 1.5,
                        points: { show: true, size: 5 } }]

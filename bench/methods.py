@@ -1,0 +1,154 @@
+"""Every edge method of the registry side by side: zoo:synth's three tasks and the zoo's models
+whose circuits are known by construction.
+
+For each method and zoo:synth task (ioi, greater_than, induction): CPR and CMD of its scores'
+faithfulness curve, the fewest top-|score| edges whose circuit reaches faithfulness 0.8 and 0.9
+(searched on a log-spaced grid of sizes, measured by the same Evaluator every method is judged
+by), and the seconds it took. For each method and known-circuit model (zoo:known-*): the
+edge- and node-level ROC AUC of its scores against the shipped known circuit. Ends with one line
+``best_cpr=X best_cmd=Y min_auroc_known=Z``: the best CPR and CMD over methods and tasks, and the
+worst edge AUROC over methods and known models of the methods that rank every edge exactly
+(``patching``, ``eap-ig-act``; the issue's goal is 1.0 there; every method's AUROC is printed).
+
+    python bench/methods.py [--n-prompts 32] [--methods eap,eap-ig,...] [--tasks ioi,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from circuitd.discover import discover
+from circuitd.edge_context import MethodContext
+from circuitd.edges import EdgeGraph
+from circuitd.evaluate import Evaluator
+from circuitd.jobs import build_task
+from circuitd.methods import METHODS
+from circuitd.methods.contract import EdgeMethod
+from circuitd.models.registry import load_model
+from circuitd.models.zoo_known import KNOWN_MODELS, known_circuit_path, shipped_task
+from circuitd.roc import KnownCircuit, against_known
+from circuitd.selection import top_n
+from circuitd.spec import JobSpec
+
+SYNTH_TASKS = ("ioi", "greater_than", "induction")
+EXACT_RANKERS = ("patching", "eap-ig-act")  # the methods min_auroc_known is taken over
+GRID = 48  # circuit sizes tried when searching for the fewest edges at a faithfulness
+
+
+@dataclass
+class Row:
+    method: str
+    where: str
+    seconds: float
+    cpr: float | None = None
+    cmd: float | None = None
+    at_08: int | None = None
+    at_09: int | None = None
+    n_edges: int = 0
+    auroc_edge: float | None = None
+    auroc_node: float | None = None
+
+
+def fewest_edges(evaluator: Evaluator, scores: torch.Tensor, targets: tuple[float, ...]) -> list[int | None]:
+    """For each target, the smallest top-k by |score| on a log grid whose faithfulness reaches it."""
+    n = scores.numel()
+    sizes = sorted({max(1, round(math.exp(math.log(n) * i / (GRID - 1)))) for i in range(GRID)})
+    masks = torch.stack([top_n(scores, k) for k in sizes])
+    faith = evaluator.faithfulness_of(masks)
+    return [next((k for k, f in zip(sizes, faith, strict=True) if f >= t), None) for t in targets]
+
+
+def method_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, with ACDC's tau from the command line (its default suits KL on zoo:synth)."""
+    return {"tau": args.acdc_tau} if name == "acdc" else {}
+
+
+def run_synth(name: str, task: str, args: argparse.Namespace) -> Row:
+    spec = JobSpec(model="zoo:synth", task=task, method=name, n_prompts=args.n_prompts, seed=0,
+                   params=method_params(name, args))
+    started = time.perf_counter()
+    result = discover(spec)
+    seconds = time.perf_counter() - started
+    m = result.metrics
+    row = Row(name, f"zoo:synth/{task}", seconds, m.get("cpr"), m.get("cmd"), n_edges=int(m["n_edges_total"]))
+    if result.scores is not None:
+        model = load_model(spec.model)
+        params = spec.params
+        graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)  # pyright: ignore[reportAttributeAccessIssue]
+        built = build_task(spec, model, None)
+        evaluator = Evaluator(MethodContext(model, graph, built, built.metric, "resample", spec.batch_size))
+        row.at_08, row.at_09 = fewest_edges(evaluator, result.scores.detach().float().cpu(), (0.8, 0.9))
+    return row
+
+
+def run_known(name: str, model_name: str, args: argparse.Namespace) -> Row:
+    spec = JobSpec(model=f"zoo:{model_name}", task=shipped_task(model_name), method=name, seed=0,
+                   params=method_params(name, args))
+    started = time.perf_counter()
+    result = discover(spec)
+    seconds = time.perf_counter() - started
+    model = load_model(spec.model)
+    params = spec.params
+    graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)  # pyright: ignore[reportAttributeAccessIssue]
+    assert result.scores is not None
+    scores = dict(zip(graph.edge_names, result.scores.detach().double().cpu().tolist(), strict=True))
+    report = against_known(graph, KnownCircuit.read(known_circuit_path(model_name)), scores)
+    return Row(name, f"zoo:{model_name}", seconds, n_edges=graph.n_edges,
+               auroc_edge=report.edge.auc, auroc_node=report.node.auc)
+
+
+def fmt(x: float | int | None, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    edge_methods = [m.name for m in METHODS.values() if isinstance(m, EdgeMethod)]
+    ap.add_argument("--methods", default=",".join(edge_methods))
+    ap.add_argument("--tasks", default=",".join(SYNTH_TASKS))
+    ap.add_argument("--known", default=",".join(KNOWN_MODELS))
+    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--acdc-tau", type=float, default=0.02)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    rows: list[Row] = []
+    print(f"{'method':<14} {'where':<24} {'CPR':>6} {'CMD':>6} {'@0.8':>11} {'@0.9':>11} "
+          f"{'AUROC e':>7} {'AUROC n':>7} {'s':>7}")
+    for name in methods:
+        for task in [t for t in args.tasks.split(",") if t]:
+            rows.append(run_synth(name, task, args))
+            show(rows[-1])
+        for model_name in [k for k in args.known.split(",") if k]:
+            rows.append(run_known(name, model_name, args))
+            show(rows[-1])
+    cprs = [r.cpr for r in rows if r.cpr is not None]
+    cmds = [r.cmd for r in rows if r.cmd is not None]
+    exact = [r.auroc_edge for r in rows if r.auroc_edge is not None and r.method in EXACT_RANKERS]
+    ioi = [r for r in rows if r.where == "zoo:synth/ioi" and r.at_09 is not None]
+    if ioi:
+        best = min(ioi, key=lambda r: r.at_09 or 0)
+        print(f"zoo:synth/ioi: fewest edges at faithfulness >= 0.9: {best.method}, {best.at_09} of "
+              f"{best.n_edges} ({100 * (best.at_09 or 0) / best.n_edges:.1f}%)")
+    print(f"best_cpr={fmt(max(cprs) if cprs else None)} best_cmd={fmt(min(cmds) if cmds else None)} "
+          f"min_auroc_known={fmt(min(exact) if exact else None)}")
+
+
+def show(r: Row) -> None:
+    def share(k: int | None) -> str:
+        return "–" if k is None else f"{k} ({100 * k / r.n_edges:.1f}%)"
+
+    print(f"{r.method:<14} {r.where:<24} {fmt(r.cpr):>6} {fmt(r.cmd):>6} {share(r.at_08):>11} "
+          f"{share(r.at_09):>11} {fmt(r.auroc_edge):>7} {fmt(r.auroc_node):>7} {r.seconds:7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Exact patching and EAP-IG over activations as jobs over real HTTP, on a real Celery worker:
+each runs to its graph with progress, and a running patching job is cancelled between trials."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.support.service import TINY, Api, Service
+
+pytestmark = pytest.mark.service  # real Redis, a Celery worker and uvicorn over HTTP
+
+
+def test_patching_job_runs_and_a_long_one_cancels(service: Service, alice: Api) -> None:
+    long = {"model": "random:small", "task": "random", "method": "patching", "n_prompts": 256,
+            "batch_size": 2, "curve": False}  # 1519 edges x 256 prompts: minutes of trials
+    running = alice.submit(long).json()["id"]
+    alice.wait(running, check=lambda j: j["status"] == "running" and j["progress"] > 0)
+    assert alice.http.post(f"/v1/jobs/{running}/cancel").status_code == 202
+    t0 = time.monotonic()
+    assert alice.wait(running, timeout=60)["status"] == "cancelled" and time.monotonic() - t0 < 30
+
+    r = alice.submit(TINY | {"method": "patching"})
+    assert r.status_code == 202, r.text
+    done = alice.wait(r.json()["id"])
+    assert done["status"] == "succeeded" and done["progress"] == 1.0, done
+    assert done["metrics"]["n_edges_total"] == 110
+    graph = alice.http.get(f"/v1/jobs/{done['id']}/graph", params={"all_edges": "true"}).json()
+    assert graph["graph"]["method"] == "patching" and len(graph["links"]) == 110
+    assert graph["graph"]["metrics"]["incremental"] is True
+
+
+def test_eap_ig_act_job(service: Service, alice: Api) -> None:
+    r = alice.submit(TINY | {"method": "eap-ig-act", "ig_steps": 3})
+    assert r.status_code == 202, r.text
+    done = alice.wait(r.json()["id"])
+    assert done["status"] == "succeeded" and done["progress"] == 1.0, done
+    assert 0 < done["metrics"]["n_edges"] <= 20
+    graph = alice.http.get(f"/v1/jobs/{done['id']}/graph").json()
+    assert graph["graph"]["method"] == "eap-ig-act" and graph["graph"]["params"]["ig_steps"] == 3
+    assert alice.submit(TINY | {"method": "eap-ig-act", "ig_steps": 0}).status_code == 422
