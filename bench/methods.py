@@ -5,7 +5,9 @@ For each method and zoo:synth task (ioi, greater_than, induction): CPR and CMD o
 faithfulness curve, the fewest top-|score| edges whose circuit reaches faithfulness 0.8 and 0.9
 (searched on a log-spaced grid of sizes, measured by the same Evaluator every method is judged
 by), and the seconds it took. For each method and known-circuit model (zoo:known-*): the
-edge- and node-level ROC AUC of its scores against the shipped known circuit. Ends with one line
+edge- and node-level ROC AUC of its scores against the shipped known circuit (edge-pruning is
+given the known circuit's size as its target edge count: its scores are mask probabilities,
+which rank only the edges its target lets it keep). Ends with one line
 ``best_cpr=X best_cmd=Y min_auroc_known=Z``: the best CPR and CMD over methods and tasks, and the
 worst edge AUROC over methods and known models of the methods that rank every edge exactly
 (``patching``, ``eap-ig-act``; the issue's goal is 1.0 there; every method's AUROC is printed).
@@ -70,8 +72,8 @@ def method_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_synth(name: str, task: str, args: argparse.Namespace) -> Row:
-    spec = JobSpec(model="zoo:synth", task=task, method=name, n_prompts=args.n_prompts, seed=0,
-                   params=method_params(name, args))
+    spec = JobSpec.model_validate({"model": "zoo:synth", "task": task, "method": name, "seed": 0,
+                                   "n_prompts": args.n_prompts, "params": method_params(name, args)})
     started = time.perf_counter()
     result = discover(spec)
     seconds = time.perf_counter() - started
@@ -88,17 +90,21 @@ def run_synth(name: str, task: str, args: argparse.Namespace) -> Row:
 
 
 def run_known(name: str, model_name: str, args: argparse.Namespace) -> Row:
-    spec = JobSpec(model=f"zoo:{model_name}", task=shipped_task(model_name), method=name, seed=0,
-                   params=method_params(name, args))
+    known = KnownCircuit.read(known_circuit_path(model_name))
+    params = method_params(name, args)
+    if name == "edge-pruning":  # its default target (5% of edges) is below these circuits' sizes
+        params["target_edges"] = len(known.edges)
+    spec = JobSpec.model_validate({"model": f"zoo:{model_name}", "task": shipped_task(model_name),
+                                   "method": name, "seed": 0, "params": params})
     started = time.perf_counter()
     result = discover(spec)
     seconds = time.perf_counter() - started
     model = load_model(spec.model)
-    params = spec.params
-    graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)  # pyright: ignore[reportAttributeAccessIssue]
+    method_args = spec.params
+    graph = EdgeGraph(model.shape, method_args.split_qkv, method_args.kv_heads)  # pyright: ignore[reportAttributeAccessIssue]
     assert result.scores is not None
     scores = dict(zip(graph.edge_names, result.scores.detach().double().cpu().tolist(), strict=True))
-    report = against_known(graph, KnownCircuit.read(known_circuit_path(model_name)), scores)
+    report = against_known(graph, known, scores)
     return Row(name, f"zoo:{model_name}", seconds, n_edges=graph.n_edges,
                auroc_edge=report.edge.auc, auroc_node=report.node.auc)
 
