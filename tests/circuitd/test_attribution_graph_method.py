@@ -4,6 +4,7 @@ spec, discover, the stored graph (re-pruning, queries, Neuronpedia layout) and v
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from circuitd.access import full_access
 from circuitd.discover import discover
 from circuitd.errors import CircuitdError
+from circuitd.methods import param_owners
 from circuitd.spec import JobSpec
 from circuitd.transcoders import random_transcoders, save
 from graphs import from_node_link, to_node_link
@@ -20,6 +22,7 @@ from graphs.attribution_queries import logit_nodes, paths_to_logit, reprune, top
 from graphs.neuronpedia import to_neuronpedia, validate_neuronpedia
 
 PROMPT = [1, 5, 9, 33, 2, 7]
+TOP_N_ERROR = f"top_n: only for {', '.join(param_owners('top_n'))}, not attribution-graph"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,7 +68,7 @@ def test_spec_rules():
         JobSpec(model="random:small", task="random", prompt="x")
     with pytest.raises(ValidationError, match="transcoders: only for attribution-graph, not acdc"):
         JobSpec(model="random:small", task="random", method="acdc", transcoders="/tmp")
-    with pytest.raises(ValidationError, match="top_n: only for eap, eap-ig, acdc, not attribution-graph"):
+    with pytest.raises(ValidationError, match=re.escape(TOP_N_ERROR)):
         JobSpec(**base, prompt=[1, 2], top_n=5)
     with pytest.raises(ValidationError, match=r"target_tokens\[1\]: repeats an earlier entry"):
         JobSpec(**base, prompt=[1, 2], target_tokens=[5, 5])
