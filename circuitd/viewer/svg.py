@@ -404,6 +404,12 @@ def _marker(defs: ET.Element, colour: str) -> None:
     ET.SubElement(marker, "path", {"d": "M0,0 L10,5 L0,10 z", "fill": colour})
 
 
+def _shifted_group(parent: ET.Element, cls: str, dx: float, dy: float, **attrs: str) -> ET.Element:
+    """A ``<g class=cls>`` moved by (dx, dy): the layout's coordinates placed on the canvas."""
+    shift = f"translate({_fmt(dx)},{_fmt(dy)})"
+    return ET.SubElement(parent, "g", {"class": cls, **attrs, "transform": shift})
+
+
 def _draw_edges(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> None:
     """One ``<path class="edge">`` per edge, weakest first so the strong ones lie on top."""
     finite = [abs(e.value) for e in drawing.edges if math.isfinite(e.value)]
@@ -419,15 +425,7 @@ def _draw_edges(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> N
         range(len(drawing.edges)),
         key=lambda i: (0.0 if math.isnan(drawing.edges[i].value) else abs(drawing.edges[i].value), i),
     )
-    group = ET.SubElement(
-        parent,
-        "g",
-        {
-            "class": "edges",
-            "fill": "none",
-            "transform": f"translate({_fmt(dx)},{_fmt(dy)})",
-        },
-    )
+    group = _shifted_group(parent, "edges", dx, dy, fill="none")
     for i in order:
         edge = drawing.edges[i]
         magnitude = abs(edge.value) if not math.isnan(edge.value) else 0.0
@@ -449,16 +447,7 @@ def _draw_edges(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> N
 
 
 def _draw_nodes(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> None:
-    group = ET.SubElement(
-        parent,
-        "g",
-        {
-            "class": "nodes",
-            "font-size": str(NODE_FONT),
-            "text-anchor": "middle",
-            "transform": f"translate({_fmt(dx)},{_fmt(dy)})",
-        },
-    )
+    group = _shifted_group(parent, "nodes", dx, dy, **{"font-size": str(NODE_FONT), "text-anchor": "middle"})
     for box in sorted(drawing.boxes.values(), key=lambda b: (b.y, b.x, b.node_id)):
         node = ET.SubElement(
             group, "g", {"class": "node", "data-id": xml_text(box.node_id), "data-kind": box.kind}
@@ -485,16 +474,7 @@ def _draw_nodes(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> N
 
 
 def _draw_axis(parent: ET.Element, drawing: Drawing, dx: float, dy: float) -> None:
-    group = ET.SubElement(
-        parent,
-        "g",
-        {
-            "class": "axis",
-            "font-size": str(NODE_FONT),
-            "fill": "#444444",
-            "transform": f"translate({_fmt(dx)},{_fmt(dy)})",
-        },
-    )
+    group = _shifted_group(parent, "axis", dx, dy, **{"font-size": str(NODE_FONT), "fill": "#444444"})
     for item in drawing.axis:
         text = ET.SubElement(
             group,

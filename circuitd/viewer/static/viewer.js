@@ -80,7 +80,7 @@
     var inUnits = level === "node" || level === "neuron"
       ? rankedNodes.filter(function (id) { return byId[id].in_circuit !== false; }).length : inCircuit;
     var maxNode = doc.nodes.reduce(function (m, n) { return Math.max(m, Math.abs(n.score || 0)); }, 0) || 1;
-    return { doc: doc, kind: kind, level: level, meta: doc.graph || {}, nodes: doc.nodes, byId: byId,
+    return { kind: kind, level: level, meta: doc.graph || {}, nodes: doc.nodes, byId: byId,
              links: links, copies: copies, rankedNames: rankedNames, rankedNodes: rankedNodes,
              units: units, unitName: level === "node" ? "nodes" : level === "neuron" ? "neurons" : "edges",
              circuitUnits: inUnits, hasAllEdges: inUnits < units.length, maxAbs: maxAbs, maxNode: maxNode };
