@@ -18,6 +18,14 @@ TransformerLens's ``ungroup_grouped_query_attention`` (and EAP-IG) do: the model
 multi-head attention with each key/value head's weights repeated. Without the q/k/v split
 a head's one input feeds its q, k and v together and cannot be shared: such graphs are
 always per query head.
+
+Position-aware graphs (``positions``: one name per token position, for tasks whose prompts
+share a template) split every edge by the position of its source's output: edge ``e`` at
+position ``p`` carries ``u``'s output at ``p`` into ``v``'s input at ``p`` (a residual stream
+only reaches its own position; attention moves information across positions inside a head).
+The flat index is then position-major, ``p * n_base_edges + e``, named ``<edge>@<p>``; the
+groups keep their offsets within one position, and :meth:`EdgeGraph.group_view` /
+:meth:`EdgeGraph.part_view` give the position axis before the destination rows.
 """
 
 from __future__ import annotations
@@ -113,6 +121,7 @@ class EdgeGraph:
     shape: ModelShape
     split_qkv: bool = True
     kv_heads: KVHeads = "grouped"  # only grouped-query models differ (module docstring)
+    positions: tuple[str, ...] = ()  # position-aware: one name per token position (module docstring)
     groups: tuple[DestGroup, ...] = field(init=False)
     sources: tuple[str, ...] = field(init=False)
 
@@ -152,20 +161,37 @@ class EdgeGraph:
         q/k/v split, the k/v layout and the head counts that map a key/value head to its
         query heads."""
         s = self.shape
-        return {
+        layout: dict[str, object] = {
             "split_qkv": self.split_qkv,
             "kv_heads": "grouped" if self.kv_grouped else "per-query",
             "n_heads": s.n_heads,
             "n_key_value_heads": s.n_key_value_heads or s.n_heads,
         }
+        if self.positions:
+            layout["positions"] = list(self.positions)
+        return layout
 
     @property
     def n_sources(self) -> int:
         return len(self.sources)
 
     @property
-    def n_edges(self) -> int:
+    def n_base_edges(self) -> int:
+        """Edges of one position (all edges when the graph is not position-aware)."""
         return self.groups[-1].stop
+
+    @property
+    def n_positions(self) -> int:
+        """Positions the edges are split by (1 when the graph is not position-aware)."""
+        return max(1, len(self.positions))
+
+    @property
+    def n_edges(self) -> int:
+        return self.n_base_edges * self.n_positions
+
+    def base_graph(self) -> EdgeGraph:
+        """The same graph without positions."""
+        return EdgeGraph(self.shape, self.split_qkv, self.kv_heads)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -214,6 +240,10 @@ class EdgeGraph:
                     src.append(s)
                     dst.append(nodes[0])
                     keys.append(key)
+        if self.positions:
+            n = len(self.positions)
+            names = [f"{name}@{p}" for p in range(n) for name in names]
+            src, dst, keys = src * n, dst * n, keys * n
         return names, src, dst, keys
 
     @cached_property
@@ -230,6 +260,10 @@ class EdgeGraph:
                 for node in reached:
                     edges += range(first, first + g.n_src)
                     nodes += [node] * g.n_src
+        if self.positions:
+            base = self.n_base_edges
+            edges = [p * base + e for p in range(len(self.positions)) for e in edges]
+            nodes = nodes * len(self.positions)
         return edges, nodes
 
     @property
@@ -251,16 +285,19 @@ class EdgeGraph:
 
     def group_view(self, masks: torch.Tensor, group: DestGroup) -> torch.Tensor:
         """The block of ``masks [..., n_edges]`` that feeds ``group``, shaped
-        ``[..., n_dest, n_src]`` for attention and ``[..., n_src]`` otherwise."""
+        ``[..., n_dest, n_src]`` for attention and ``[..., n_src]`` otherwise; in a
+        position-aware graph ``[..., n_positions, n_dest, n_src]`` and ``[..., n_positions, n_src]``."""
+        if self.positions:
+            masks = masks.reshape(*masks.shape[:-1], len(self.positions), self.n_base_edges)
         block = masks[..., group.offset : group.stop]
         if group.kind == "attn":
-            return block.reshape(*masks.shape[:-1], group.n_dest, group.n_src)
+            return block.reshape(*block.shape[:-1], group.n_dest, group.n_src)
         return block
 
     def part_view(self, masks: torch.Tensor, group: DestGroup, x: int) -> torch.Tensor:
         """The edges of ``masks [..., n_edges]`` into the q (0), k (1) or v (2) inputs of
         attention ``group``: ``[..., heads or key/value heads, n_src]``, in the order of the
-        hook point's head axis."""
+        hook point's head axis (``[..., n_positions, heads, n_src]`` when position-aware)."""
         first, n = group.part(x)
         return self.group_view(masks, group)[..., first : first + n, :]
 

@@ -48,7 +48,7 @@ from typing import Any, cast
 
 import networkx as nx
 
-from graphs.edge_circuit import KV_HEAD, build_edge_circuit, split_edge_name
+from graphs.edge_circuit import KV_HEAD, build_edge_circuit, layout_positions, split_edge_name
 
 QKV = ("q", "k", "v")
 SOURCE_FORMAT = "eap-ig"
@@ -139,6 +139,11 @@ def to_eap_ig(
     graph: nx.MultiDiGraph[str] | nx.DiGraph[str], cfg: EapIgConfig | None = None
 ) -> dict[str, Any]:
     """The EAP-IG document of an edge-circuit graph; ``cfg`` defaults to :func:`config_of`."""
+    if layout_positions(graph.graph) is not None:
+        raise ValueError(
+            "graph: a position-aware circuit (edges split by position); EAP-IG/MIB graphs have no "
+            "positions: keep circuitd's JSON, or find the circuit without positions"
+        )
     cfg = cfg if cfg is not None else config_of(graph)
     names = edge_names(cfg)
     known = set(names)

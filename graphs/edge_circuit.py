@@ -27,7 +27,7 @@ from graphs.formats import EDGE_CIRCUIT_FORMAT
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP = re.compile(r"^m(\d+)$")
 _NEURON = re.compile(r"^m(\d+)\.n(\d+)$")
-_EDGE = re.compile(r"^(?P<src>[^<>]+)->(?P<dst>[^<>]+?)(?:<(?P<key>[qkv])>)?$")
+_EDGE = re.compile(r"^(?P<src>[^<>@]+)->(?P<dst>[^<>@]+?)(?:<(?P<key>[qkv])>)?(?:@(?P<pos>\d+))?$")
 KV_HEAD = re.compile(r"^a(\d+)\.kv(\d+)$")
 
 
@@ -47,11 +47,31 @@ def node_attributes(name: str) -> dict[str, Any]:
 
 
 def split_edge_name(name: str) -> tuple[str, str, str | None]:
-    """``"a0.h1->a2.h3<q>"`` -> ``("a0.h1", "a2.h3", "q")``."""
+    """``"a0.h1->a2.h3<q>"`` -> ``("a0.h1", "a2.h3", "q")`` (a position suffix ``@p`` is
+    read by :func:`edge_position`)."""
     m = _EDGE.match(name)
     if not m:
         raise ValueError(f"not an edge name: '{name}'")
     return m.group("src"), m.group("dst"), m.group("key")
+
+
+def edge_position(name: str) -> int | None:
+    """The position of a position-aware edge name (``"m0->logits@4"`` -> 4), else None."""
+    m = _EDGE.match(name)
+    return int(m.group("pos")) if m and m.group("pos") is not None else None
+
+
+def layout_positions(meta: Mapping[str, Any]) -> list[str] | None:
+    """The position names of a position-aware graph's ``meta["edge_layout"]`` (None when not)."""
+    layout = meta.get("edge_layout")
+    if not isinstance(layout, Mapping):
+        return None
+    names = cast("Mapping[str, object]", layout).get("positions")
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in cast("list[object]", names)):
+        raise ValueError("edge_layout.positions: expected a list of position names")
+    return cast("list[str]", names)
 
 
 def kv_group_size(meta: Mapping[str, Any]) -> int | None:
@@ -90,6 +110,7 @@ def build_edge_circuit(
     ``nodes``: node name -> (score, in circuit), for a node-level circuit."""
     graph: nx.MultiDiGraph[str] = nx.MultiDiGraph(format=EDGE_CIRCUIT_FORMAT, **meta)
     group_size = kv_group_size(meta)
+    positions = layout_positions(meta)
     for name, score, kept in zip(names, scores, in_circuit, strict=True):
         if not (kept or all_edges):
             continue
@@ -97,6 +118,12 @@ def build_edge_circuit(
         attrs: dict[str, Any] = {"name": name, "score": float(score), "in_circuit": bool(kept)}
         if key:
             attrs["qkv"] = key
+        edge_key: str | int = key if key else 0
+        if (pos := edge_position(name)) is not None:
+            if positions is None or pos >= len(positions):
+                raise ValueError(f"edge '{name}': position {pos} is not in edge_layout.positions")
+            attrs.update(position=pos, position_name=positions[pos])
+            edge_key = f"{key or ''}@{pos}"
         heads = reading_heads(name, dst, group_size)
         if heads != [dst]:
             attrs["kv_head"] = dst
@@ -104,7 +131,7 @@ def build_edge_circuit(
             for node in (src, head):
                 if node not in graph:
                     graph.add_node(node, **node_attributes(node))
-            graph.add_edge(src, head, key=key if key else 0, **attrs)
+            graph.add_edge(src, head, key=edge_key, **attrs)
     for node, (score, kept) in (nodes or {}).items():
         if node in graph:
             graph.nodes[node].update(score=float(score), in_circuit=bool(kept))

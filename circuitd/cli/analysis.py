@@ -308,6 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from circuitd.evaluate import Evaluator
     from circuitd.jobs import build_task
     from circuitd.models.registry import load_model
+    from graphs.edge_circuit import layout_positions
 
     try:
         circuit = read_circuit(args.circuit, args.model)
@@ -318,9 +319,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CircuitdError(f"--circuit: {args.circuit} is an attribution graph; validate-graph checks those")
     links = list(circuit.edges(data=True))
     split, kv_heads = _edge_layout([d["name"] for *_, d in links], circuit.graph, args.no_split_qkv)
+    positions = tuple(layout_positions(circuit.graph) or ())
     spec = _spec_from_args(args, "eap", {})
     model = load_model(spec.model, spec.device, spec.dtype)
-    graph = EdgeGraph(model.shape, split, kv_heads)
+    graph = EdgeGraph(model.shape, split, kv_heads, positions)
     try:
         idx = graph.index_of([d["name"] for *_, d in links])
     except KeyError as exc:
@@ -331,6 +333,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scores[i] = float(d.get("score", 0.0))
         keep[i] = bool(d.get("in_circuit", True))
     task = build_task(spec, model, args.metric)
+    lengths = {len(p) for p in task.clean}
+    if positions and lengths != {len(positions)}:
+        raise CircuitdError(
+            f"--task: {args.circuit} is split by {len(positions)} positions, but the task's prompts have "
+            f"{'/'.join(map(str, sorted(lengths)))} tokens"
+        )
     ctx = MethodContext(model, graph, task, task.metric, args.ablation, batch_size=spec.batch_size)
     ev = Evaluator(ctx)
     s = ev.summary(keep)

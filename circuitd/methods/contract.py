@@ -70,8 +70,14 @@ class EdgeParams(MethodParams):
         description="edge: score and select edges; node: heads and MLPs, each ablated as a whole; "
         "neuron: MLP neurons (top_n and threshold count nodes or neurons)",
     )
+    positions: bool = Field(
+        default=False,
+        description="split every edge by token position (position-aware edges; the prompts must share "
+        "one length, as a template's do); edge level",
+    )
     node_scoring: ClassVar[NodeScoring | None] = None  # set by the methods that have a node level
     neuron_level: ClassVar[bool] = False  # set by the first-order methods (circuitd.methods.neuron_level)
+    position_aware: ClassVar[bool] = False  # set by the methods whose scores split by position
 
     @model_validator(mode="after")
     def _one_selection(self) -> EdgeParams:
@@ -85,6 +91,14 @@ class EdgeParams(MethodParams):
         if self.level not in levels:
             offered = ", ".join(levels)
             raise ValueError(f"level: '{self.level}' is not available for this method (only {offered})")
+        return self
+
+    @model_validator(mode="after")
+    def _positions_supported(self) -> EdgeParams:
+        if self.positions and not self.position_aware:
+            raise ValueError("positions: this method does not split edges by position")
+        if self.positions and self.level != "edge":
+            raise ValueError(f"positions: position-aware edges are edge level only (level is '{self.level}')")
         return self
 
     def check_spec(self, spec: JobSpec) -> None:

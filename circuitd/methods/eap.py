@@ -14,6 +14,7 @@ class EAPParams(EdgeParams):
 
     node_scoring: ClassVar[NodeScoring | None] = "sum"  # first-order scores add up over a node
     neuron_level: ClassVar[bool] = True
+    position_aware: ClassVar[bool] = True
 
 
 class EAPIGParams(EdgeParams, IGSteps):
@@ -21,6 +22,7 @@ class EAPIGParams(EdgeParams, IGSteps):
 
     node_scoring: ClassVar[NodeScoring | None] = "sum"
     neuron_level: ClassVar[bool] = True
+    position_aware: ClassVar[bool] = True
 
 
 class EAPIGActParams(EdgeParams, IGSteps):
@@ -28,6 +30,7 @@ class EAPIGActParams(EdgeParams, IGSteps):
     interpolated from ablated to clean, the rest of the model computed from them."""
 
     node_scoring: ClassVar[NodeScoring | None] = "sum"  # a node's out-edges share its interpolation
+    position_aware: ClassVar[bool] = True
 
 
 EAP = EdgeMethod(

@@ -5,7 +5,7 @@ Imports no torch."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -40,6 +40,7 @@ class EdgePruningParams(EdgeParams):
         description="hard-concrete: stretched, clipped noisy masks, L0 penalty; sigmoid: deterministic masks",
     )
     mask_seed: int = Field(default=0, ge=0, le=MAX_SEED, description="seed of the hard-concrete noise")
+    position_aware: ClassVar[bool] = True  # a mask per edge and position
 
     @model_validator(mode="after")
     def _one_target(self) -> EdgePruningParams:

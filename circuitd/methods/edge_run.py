@@ -37,12 +37,14 @@ from circuitd.methods.node_level import (
 from circuitd.models.registry import load_model, model_shape
 from circuitd.selection import select
 from circuitd.settings import get_settings
+from circuitd.tasks.positions import shared_position_names
 from graphs.edge_circuit import build_edge_circuit, build_neuron_circuit
 
 if TYPE_CHECKING:
     import networkx as nx
 
-    from circuitd.models.adapter import ModelShape
+    from circuitd.models.adapter import ModelAdapter, ModelShape
+    from circuitd.tasks.base import Task
 
 P = TypeVar("P", bound=EdgeParams)
 Score = Callable[[MethodContext, P], MethodResult]
@@ -56,6 +58,22 @@ def check_edge_cap(model_id: str, shape: ModelShape, split_qkv: bool, kv_heads: 
         gqa = shape.n_key_value_heads and shape.n_key_value_heads < shape.n_heads
         layout = f"split_qkv={split_qkv}" + (f", kv_heads={kv_heads}" if gqa else "")
         raise CircuitdError(f"model: {model_id} has {n} edges ({layout}), over CIRCUITD_MAX_EDGES={limit}")
+
+
+def edge_graph(model: ModelAdapter, task: Task, params: EdgeParams) -> EdgeGraph:
+    """The job's edge graph; with ``positions``, split by the task's token positions (named by
+    :func:`~circuitd.tasks.positions.shared_position_names`) and within ``CIRCUITD_MAX_EDGES``."""
+    if not params.positions:
+        return EdgeGraph(model.shape, params.split_qkv, params.kv_heads)
+    names = tuple(shared_position_names(task, model.tokenizer))
+    graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads, positions=names)
+    limit = get_settings().max_edges
+    if graph.n_edges > limit:
+        raise CircuitdError(
+            f"params.positions: {len(names)} positions x {graph.n_base_edges} edges = {graph.n_edges} "
+            f"position-aware edges, over CIRCUITD_MAX_EDGES={limit}"
+        )
+    return graph
 
 
 @dataclass
@@ -106,8 +124,8 @@ def run_edge_method(run: RunContext, params: P, score: Score[P]) -> Result:
     shape = model_shape(spec.model)  # from the config: nothing loaded
     check_edge_cap(spec.model, shape, params.split_qkv, params.kv_heads)
     model = load_model(spec.model, spec.device, spec.dtype)
-    graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)
     task = build_task(spec, model, params.metric)
+    graph = edge_graph(model, task, params)
     ctx = MethodContext(
         model, graph, task, task.metric, params.ablation, spec.batch_size,
         progress=run.scaled(0.0, 0.7), should_stop=run.should_stop,

@@ -9,8 +9,9 @@ The full model is the kept circuit of an incremental pass
 (:class:`~circuitd.patching.IncrementalPass`); each trial removes one edge and recomputes
 only the nodes that edge reaches, many trials per call. Architectures without the
 adapter's node math (grouped-query attention) run the trials as patched passes from a
-cached prefix of the full model instead (``run_from``: exact, slower). Cost: edges x
-prompts single-edge trials, bounded by ``CIRCUITD_MAX_PATCHING_TRIALS``.
+cached prefix of the full model instead (``run_from``: exact, slower); a position-aware graph
+(one edge per position) runs them as whole patched passes. Cost: edges x prompts single-edge
+trials, bounded by ``CIRCUITD_MAX_PATCHING_TRIALS``.
 """
 
 from __future__ import annotations
@@ -81,11 +82,17 @@ class _PrefixTrials:
     def __init__(self, engine: PatchingEngine, batch: TaskBatch, ablated: torch.Tensor):
         self.engine = engine
         self.batch = batch
-        self.start = engine.cached_pass(batch.clean, ablated)
+        self.ablated = ablated
+        # a position-aware graph's trials are whole patched passes (the prefix passes weigh edges only)
+        self.start = None if engine.graph.positions else engine.cached_pass(batch.clean, ablated)
 
     def _answers(self, layer: int, alpha: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return metrics.answer_logits(self.engine.run_from(self.start, layer, alpha), self.batch)
+            if self.start is None:
+                logits = self.engine.run(self.batch.clean, self.ablated, alpha)
+            else:
+                logits = self.engine.run_from(self.start, layer, alpha)
+            return metrics.answer_logits(logits, self.batch)
 
     def full(self) -> torch.Tensor:
         graph = self.engine.graph
@@ -105,7 +112,7 @@ class _PrefixTrials:
 def incremental_supported(ctx: MethodContext) -> bool:
     """Whether the trials can run on incremental passes (the adapter's node math, no k/v
     edges per key/value head); else they run from cached prefixes."""
-    return ctx.model.node_math_supported() and not ctx.graph.kv_grouped
+    return ctx.model.node_math_supported() and not ctx.graph.kv_grouped and not ctx.graph.positions
 
 
 def check_trial_cap(ctx: MethodContext) -> None:
@@ -135,7 +142,8 @@ def patching_scores(ctx: MethodContext, rows: int | None = None) -> torch.Tensor
         per_row = rows_per_trial if incremental else rows_per_pass
         rows = per_row(model.dtype, graph, n_tokens, available_bytes(model.device, incremental))
     order = list(reversed(range(len(graph.groups))))  # the logits first, as incremental passes ask
-    calls = len(batches) * sum(math.ceil(graph.groups[gi].n_edges / rows) for gi in order)
+    per_position = sum(math.ceil(graph.groups[gi].n_edges / rows) for gi in order)
+    calls = len(batches) * graph.n_positions * per_position
     total = torch.zeros(graph.n_edges, dtype=torch.float64, device=model.device)
     done = 0
     for b in batches:
@@ -147,11 +155,11 @@ def patching_scores(ctx: MethodContext, rows: int | None = None) -> torch.Tensor
             _IncrementalTrials(ctx, b, ablated) if incremental else _PrefixTrials(engine, b, ablated)
         )
         base = metrics.per_prompt_at_answers(ctx.metric, trials.full(), b, clean_lp).double().sum()
-        for gi in order:
+        for at, gi in ((p * graph.n_base_edges, gi) for p in range(graph.n_positions) for gi in order):
             g = graph.groups[gi]
-            for first in range(g.offset, g.stop, rows):
+            for first in range(at + g.offset, at + g.stop, rows):
                 ctx.check_stop()
-                stop = min(first + rows, g.stop)
+                stop = min(first + rows, at + g.stop)
                 logits = trials.without_each(gi, first, stop)
                 per_prompt = metrics.per_prompt_at_answers(ctx.metric, logits, b, clean_lp)
                 total[first:stop] += per_prompt.double().sum(-1) - base

@@ -172,7 +172,8 @@ class EngineCore:
         """Logits of the patched model.
 
         ``tokens [B, P]``, ``ablated [S, B, P, D]``, ``alpha [n_edges]`` or
-        ``[C, n_edges]`` (0 keeps an edge, 1 ablates it). Returns ``[B, P, V]`` or
+        ``[C, n_edges]`` (0 keeps an edge, 1 ablates it; on a position-aware graph an edge at
+        one position, so P must be the graph's positions). Returns ``[B, P, V]`` or
         ``[C, B, P, V]``. Differentiable in ``alpha``.
         """
         single = alpha.ndim == 1
@@ -181,6 +182,11 @@ class EngineCore:
         alpha = alpha.to(self.model.dtype)
         stack = _SourceStack(ablated, c)
         track = alpha.requires_grad
+        positional = bool(self.graph.positions)
+        if positional and tokens.shape[1] != self.graph.n_positions:
+            raise ValueError(
+                f"prompts of {tokens.shape[1]} tokens on a graph of {self.graph.n_positions} positions"
+            )
 
         def add(g: DestGroup, x: int, act: torch.Tensor) -> torch.Tensor:
             if g.kind == "attn":
@@ -190,10 +196,11 @@ class EngineCore:
             if not track and not bool(w.any()):
                 return act
             diff = stack.prefix(g.n_src)  # [S, C, B, P, D]
+            at = "p" if positional else ""  # a position-aware graph weighs each position apart
             if g.kind == "attn":
-                delta = torch.einsum("chs,scbpd->cbphd", w, diff)
+                delta = torch.einsum(f"c{at}hs,scbpd->cbphd", w, diff)
             else:
-                delta = torch.einsum("cs,scbpd->cbpd", w, diff)
+                delta = torch.einsum(f"c{at}s,scbpd->cbpd", w, diff)
             return act + delta.reshape(act.shape)
 
         hooks = source_hooks(self.model, self.graph, stack.add)

@@ -105,7 +105,8 @@ class EdgeGradients(EngineCore):
     def _contract(
         self, grads: list, diff: torch.Tensor, scores: torch.Tensor, workspace: list[torch.Tensor]
     ) -> None:
-        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores``.
+        """Add ``sum_{b,p,d} diff_u * grad_v`` for every edge u->v to ``scores`` (in a
+        position-aware graph, ``sum_{b,d}`` for every edge at every position p).
 
         Attention gradients come per head input ``[H, B, P, D]`` for q and ``[K, B, P, D]``
         for k and v (``K`` key/value heads when the graph groups them, else ``H``), or
@@ -114,8 +115,9 @@ class EdgeGradients(EngineCore):
         ``workspace``. One-row groups (an MLP, the logits) ride along with the next
         product: their sources are a prefix of the next group's, so they are read once.
         """
-        flat = diff.flatten(1)  # [S, B*P*D]
-        n_pos, d = flat.shape[1] // diff.shape[-1], diff.shape[-1]
+        n_pos, d = diff.shape[1] * diff.shape[2], diff.shape[-1]
+        product = self._product(diff)
+        by_position = scores.view(self.graph.n_positions, self.graph.n_base_edges)
         it = iter(grads)
         riders: list[tuple[DestGroup, torch.Tensor]] = []  # one-row groups waiting for a product
         for g in self.graph.groups:
@@ -138,24 +140,41 @@ class EdgeGradients(EngineCore):
             else:  # [rows, B, P, D] for each of q, k, v: heads, or key/value heads for k and v
                 parts = [grad, next(it), next(it)]
                 buf = torch.cat([p.reshape(p.shape[0], -1) for p in parts] + [r[None] for _, r in riders])
-            block = buf @ flat[: g.n_src].T  # [rows + riders, S]
-            self._add_riders(riders, block[rows:], scores)
-            block = block[:rows]
+            block = product(buf, g.n_src)  # [positions, rows + riders, S]
+            self._add_riders(riders, block[:, rows:], by_position)
+            block = block[:, :rows]
             if g.n_qkv == 1:
-                block = block.reshape(3, g.n_heads, g.n_src).sum(0)
-            scores[g.offset : g.stop] += block.reshape(-1)
+                block = block.reshape(-1, 3, g.n_heads, g.n_src).sum(1)
+            by_position[:, g.offset : g.stop] += block.reshape(by_position.shape[0], -1)
         if riders:
             last = riders[-1][0]  # the logits: every source
-            block = torch.stack([r for _, r in riders]) @ flat[: last.n_src].T
-            self._add_riders(riders, block, scores)
+            block = product(torch.stack([r for _, r in riders]), last.n_src)
+            self._add_riders(riders, block, by_position)
+
+    def _product(self, diff: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """``product(rows [R, B*P*D], n)``: each row against the first n sources of ``diff
+        [S, B, P, D]``, ``[1, R, n]`` summed over everything (one matrix product), or
+        ``[P, R, n]`` per position in a position-aware graph."""
+        flat = diff.flatten(1)  # [S, B*P*D]
+        if not self.graph.positions:
+            return lambda rows, n: (rows @ flat[:n].T)[None]
+        _, b, p, d = diff.shape
+        per_position = diff.permute(2, 0, 1, 3).reshape(p, diff.shape[0], b * d)  # [P, S, B*D]
+
+        def product(rows: torch.Tensor, n: int) -> torch.Tensor:
+            r = rows.view(-1, b, p, d).permute(2, 0, 1, 3).reshape(p, -1, b * d)
+            return r @ per_position[:, :n].transpose(1, 2)
+
+        return product
 
     @staticmethod
     def _add_riders(
         riders: list[tuple[DestGroup, torch.Tensor]], block: torch.Tensor, scores: torch.Tensor
     ) -> None:
-        """Scores of one-row groups from their rows of a product over a longer source prefix."""
-        for (g, _), row in zip(riders, block, strict=True):
-            scores[g.offset : g.stop] += row[: g.n_src]
+        """Scores ``[positions, n_base_edges]`` of one-row groups from their rows of a product
+        over a longer source prefix (``block [positions, riders, S]``)."""
+        for i, (g, _) in enumerate(riders):
+            scores[:, g.offset : g.stop] += block[:, i, : g.n_src]
         riders.clear()
 
     def _input_hooks(

@@ -2,10 +2,12 @@
 
 A task JSON file's minimal form is ``{"clean", "corrupted", "correct", "incorrect",
 "metric"}``. Optional fields: ``name``, ``description``, ``answer_position`` (an int or
-one per prompt; negative counts from the end; default -1, the last token) and
+one per prompt; negative counts from the end; default -1, the last token),
 ``prepend_bos`` (default true: string prompts get the model's BOS token, id lists are
-taken verbatim). Prompts are strings or token-id lists; each answer is a token (a string
-that encodes to exactly one token, or an id) or a list of them.
+taken verbatim) and ``position_names`` (a name for each token position, for position-aware
+edges; every prompt must then have that many tokens). Prompts are strings or token-id
+lists; each answer is a token (a string that encodes to exactly one token, or an id) or a
+list of them.
 """
 
 from __future__ import annotations
@@ -116,6 +118,30 @@ def _per_prompt(entries: Any, info: ValidationInfo) -> Any:
 PerPrompt = BeforeValidator(_per_prompt)
 
 
+MAX_POSITION_NAME_CHARS = 32
+"""A token position's name ("IO", "S2", "BOS"): short enough to label a graph's position column."""
+
+
+def _position_names_cap(names: Any) -> Any:
+    """At most ``CIRCUITD_MAX_TOKENS`` names (one per position of a prompt), checked before the names."""
+    if isinstance(names, list):
+        check_entries(names, setting_limit("max_tokens"), env_name("max_tokens"))
+    return names
+
+
+def check_position_name(name: str) -> str:
+    """A position name of 1 to ``MAX_POSITION_NAME_CHARS`` characters."""
+    if not 1 <= len(name) <= MAX_POSITION_NAME_CHARS:
+        raise PydanticCustomError(
+            "position_name", "{n} characters, a position name has 1 to {limit}",
+            {"n": len(name), "limit": MAX_POSITION_NAME_CHARS},
+        )
+    return name
+
+
+PositionName = Annotated[str, AfterValidator(check_position_name)]
+
+
 def check_positions(position: int | list[int], info: ValidationInfo) -> int | list[int]:
     """Answer positions that can be inside a prompt of ``CIRCUITD_MAX_TOKENS`` tokens."""
     tokens = setting_limit("max_tokens")
@@ -143,6 +169,11 @@ class TaskData(BaseModel):
     metric: str = Field(default="logit_diff", max_length=MAX_NAME_CHARS)
     answer_position: Annotated[int | list[int], AfterValidator(check_positions)] = -1
     prepend_bos: bool = True
+    position_names: Annotated[list[PositionName] | None, BeforeValidator(_position_names_cap)] = Field(
+        default=None,
+        description="a name for each token position of the prompts, for position-aware edges; "
+        "the prompts must then all have that many tokens",
+    )
 
     @model_validator(mode="after")
     def _check_shapes(self) -> TaskData:
@@ -194,6 +225,8 @@ class Task:
     answer_pos: list[int]
     metric: str = "logit_diff"
     meta: dict[str, Any] = field(default_factory=dict)
+    position_names: list[str] | None = None
+    """A name for each token position (every prompt has that many tokens), or None."""
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -247,6 +280,7 @@ def answer_ids(answer: Answer, where: str, tokenizer: Tokenizer | None, d_vocab:
 def resolve_task(data: TaskData, tokenizer: Tokenizer | None, d_vocab: int, n_ctx: int) -> Task:
     """Token ids for every prompt and answer; errors name the field and the prompt."""
     clean, corrupted, answer_pos = [], [], []
+    names = data.position_names
     for i, (c, k) in enumerate(zip(data.clean, data.corrupted, strict=True)):
         cid = prompt_ids(c, f"clean[{i}]", tokenizer, data.prepend_bos, d_vocab)
         kid = prompt_ids(k, f"corrupted[{i}]", tokenizer, data.prepend_bos, d_vocab)
@@ -256,6 +290,8 @@ def resolve_task(data: TaskData, tokenizer: Tokenizer | None, d_vocab: int, n_ct
             )
         if len(cid) > n_ctx:
             raise TaskError(f"clean[{i}]", f"{len(cid)} tokens exceed the model's context {n_ctx}")
+        if names is not None and len(cid) != len(names):
+            raise TaskError("position_names", f"has {len(names)} names but clean[{i}] has {len(cid)} tokens")
         pos = data.answer_position
         pos = pos[i] if isinstance(pos, list) else pos
         if not -len(cid) <= pos < len(cid):
@@ -267,4 +303,7 @@ def resolve_task(data: TaskData, tokenizer: Tokenizer | None, d_vocab: int, n_ct
     incorrect = [
         answer_ids(a, f"incorrect[{i}]", tokenizer, d_vocab) for i, a in enumerate(data.incorrect)
     ]
-    return Task(data.name, clean, corrupted, correct, incorrect, answer_pos, data.metric)
+    return Task(
+        data.name, clean, corrupted, correct, incorrect, answer_pos, data.metric,
+        position_names=None if names is None else list(names),
+    )

@@ -5,6 +5,11 @@
 as 1701, which leaves almost every ending plausible, so the circuit's job is the
 comparison with YY. Default metric: probability difference (sum of the probabilities of
 the correct endings minus the incorrect ones).
+
+Positions (when every prompt tokenizes as the template does): the template's words by their
+text, the slots as "NOUN", "CC" (the century), "YY", and "END" for the last (the repeated
+century, after which the answer comes): "BOS", "The", "NOUN", "lasted", "from", "the",
+"year", "CC", "YY", "to", "the", "year", "END".
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from circuitd.errors import TaskError
 from circuitd.names import MetricName
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.params import GeneratorParams
+from circuitd.tasks.positions import common_names, template_position_names
 from circuitd.tasks.vocab import (
     CENTURIES,
     DURATION_NOUNS,
@@ -35,6 +41,7 @@ from circuitd.tokenizer import Tokenizer
 TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
 YEARS: tuple[int, ...] = tuple(range(2, 99))  # YY in 02..98: both answer sets non-empty
 CORRUPT_YY = "01"
+SLOT_NAMES = {"noun": "NOUN", "century": "CC", "yy": "YY"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,17 @@ def sample_greater_than(
     prompt = TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}")
     corrupted = TEMPLATE.format(noun=noun, century=century, yy=CORRUPT_YY)
     return GreaterThanExample(prompt, corrupted, noun, century, yy)
+
+
+def position_names(tokenizer: Tokenizer, examples: Sequence[GreaterThanExample]) -> list[str] | None:
+    """The template's position names if every prompt tokenizes as the template does, else None."""
+    return common_names(
+        template_position_names(
+            tokenizer, TEMPLATE, {"noun": e.noun, "century": e.century, "yy": f"{e.yy:02d}"},
+            SLOT_NAMES, last="END",
+        )
+        for e in examples
+    )
 
 
 def sample_greater_than_text(rng: random.Random) -> tuple[str, str]:
@@ -142,4 +160,5 @@ def generate(
         correct=[[d for d in TWO_DIGITS if int(d) > e.yy] for e in examples],
         incorrect=[[d for d in TWO_DIGITS if int(d) <= e.yy] for e in examples],
         metric=p.metric,
+        position_names=position_names(tokenizer, examples),
     )

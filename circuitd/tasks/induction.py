@@ -6,6 +6,10 @@ first copy with a different random sequence that shares only the word at the las
 prefix position (the "anchor"), so an induction mechanism on the corrupted prompt
 predicts that sequence's next word: that word is the incorrect answer. The second copy
 is the same in both prompts, so only the first copy's content differs.
+
+Positions (when every word is one token): "BOS", the first copy "A0".."A{seq_len-1}", the
+repeat "B0".."B{prefix_len-1}"; the answer is read at the last, B{prefix_len-1}, whose
+continuation is A{prefix_len}.
 """
 
 from __future__ import annotations
@@ -88,6 +92,18 @@ class InductionParams(GeneratorParams):
         return value
 
 
+def position_names(
+    tokenizer: Tokenizer, prompts: Sequence[str], seq_len: int, prefix_len: int
+) -> list[str] | None:
+    """The names of the positions, or None where a prompt is not one token per word (GPT-2
+    splits some words when no space precedes them, as the first word's does)."""
+    names = ["BOS"] if tokenizer.bos_id is not None else []
+    names += [f"A{i}" for i in range(seq_len)] + [f"B{i}" for i in range(prefix_len)]
+    if any(len(tokenizer.encode(p, prepend_bos=True)) != len(names) for p in prompts):
+        return None
+    return names
+
+
 def generate(
     tokenizer: Tokenizer | None, d_vocab: int, n: int = 64, seed: int = 0, **params: Any
 ) -> TaskData:
@@ -116,13 +132,15 @@ def generate(
         raise TaskError(
             "task", f"induction: only {len(examples)} of {n} prompt pairs had equal lengths"
         )
+    clean = [e.prompt for e in examples]
     return TaskData.generated(
         name="induction",
         description=f"repeated random words (seq_len={seq_len}, prefix_len={k}); the corrupted "
         "first copy shares only the anchor word",
-        clean=[e.prompt for e in examples],
+        clean=clean,
         corrupted=[e.corrupted for e in examples],
         correct=[f" {e.correct}" for e in examples],
         incorrect=[f" {e.incorrect}" for e in examples],
         metric=p.metric,
+        position_names=position_names(tokenizer, clean, seq_len, k),
     )

@@ -8,6 +8,12 @@ corruption), so it carries no information about which name is the answer.
 
 Answers are written with a leading space (" Mary"): that is the token that follows
 "to" in GPT-2's BPE, and word-level tokenizers ignore the space.
+
+Positions: with one template (``template``) and one order, every prompt has the same layout
+when each name, place and object is one token. They are named by the template's words and the
+slots' roles: "IO" and "S1" for the first two names (as the order places them), "S2" for the
+repeated subject, "PLACE", "OBJECT", "END" for the last position (the answer follows it) and
+"BOS". With both orders the first two names are "A" and "B" (their roles vary by prompt).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pydantic import Field
 from circuitd.errors import TaskError
 from circuitd.tasks.base import TaskData
 from circuitd.tasks.params import GeneratorParams
+from circuitd.tasks.positions import common_names, template_position_names
 from circuitd.tasks.vocab import (
     NAMES,
     OBJECTS,
@@ -57,6 +64,8 @@ class IOIExample:
     s: str
     order: str
     template: int
+    place: str
+    obj: str
 
 
 def render(template: str, a: str, b: str, c: str, place: str, obj: str) -> str:
@@ -79,7 +88,7 @@ def sample_ioi(
     a, b = (io, s) if order == "ABBA" else (s, io)
     prompt = render(TEMPLATES[t], a, b, s, place, obj)
     corrupted = render(TEMPLATES[t], others[0], others[1], others[2], place, obj)
-    return IOIExample(prompt, corrupted, io, s, order, t)
+    return IOIExample(prompt, corrupted, io, s, order, t, place, obj)
 
 
 def sample_ioi_text(rng: random.Random) -> tuple[str, str]:
@@ -97,10 +106,34 @@ def _usable_templates(tokenizer: Tokenizer, name: str, place: str, obj: str) -> 
 
 
 class IOIParams(GeneratorParams):
-    """ioi's parameters: which name orders its prompts use."""
+    """ioi's parameters: which name orders and templates its prompts use."""
 
     templates: Literal["ABBA", "BABA", "both"] = Field(
         default="both", description="ABBA names the answer first, BABA the subject first"
+    )
+    template: int | None = Field(
+        default=None, ge=0, le=len(TEMPLATES) - 1, description="use only this template (aligned positions)"
+    )
+
+
+def _slot_names(order: str) -> dict[str, str]:
+    """The name slots' roles: {A} and {B} by the order ("A" and "B" when it varies)."""
+    a, b = {"ABBA": ("IO", "S1"), "BABA": ("S1", "IO")}.get(order, ("A", "B"))
+    return {"A": a, "B": b, "C": "S2", "place": "PLACE", "object": "OBJECT"}
+
+
+def position_names(tokenizer: Tokenizer, examples: Sequence[IOIExample], order: str) -> list[str] | None:
+    """Names of the positions if every prompt has the same layout (one template, every slot one
+    token), else None; ``order`` is "ABBA", "BABA" or "both"."""
+    roles = _slot_names(order)
+    return common_names(
+        template_position_names(
+            tokenizer, TEMPLATES[e.template],
+            {"A": e.io if e.order == "ABBA" else e.s, "B": e.s if e.order == "ABBA" else e.io,
+             "C": e.s, "place": e.place, "object": e.obj},
+            roles, last="END",
+        )
+        for e in examples
     )
 
 
@@ -125,6 +158,13 @@ def generate(
     usable = _usable_templates(tokenizer, names[0], places[0], objects[0])
     if not usable:
         raise TaskError("task", "ioi: this tokenizer cannot express any of the ioi templates")
+    if p.template is not None:
+        if p.template not in usable:
+            raise TaskError(
+                "template", f"ioi template {p.template} cannot be written with this tokenizer "
+                f"(usable: {', '.join(map(str, usable))})"
+            )
+        usable = [p.template]
 
     rng = random.Random(seed)
     examples: list[IOIExample] = []
@@ -138,10 +178,12 @@ def generate(
         raise TaskError("task", f"ioi: only {len(examples)} of {n} prompt pairs had equal lengths")
     return TaskData.generated(
         name="ioi",
-        description=f"indirect object identification ({p.templates}), ABC corruption",
+        description=f"indirect object identification ({p.templates}"
+        + ("" if p.template is None else f", template {p.template}") + "), ABC corruption",
         clean=[e.prompt for e in examples],
         corrupted=[e.corrupted for e in examples],
         correct=[f" {e.io}" for e in examples],
         incorrect=[f" {e.s}" for e in examples],
         metric=p.metric,
+        position_names=position_names(tokenizer, examples, p.templates),
     )

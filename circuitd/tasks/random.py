@@ -2,7 +2,8 @@
 
 Clean and corrupted prompts are independent uniform token sequences of one length; the
 correct answer is a random token and the incorrect one another, so the metric is an
-arbitrary but fixed function of the model, which is all invariant tests need.
+arbitrary but fixed function of the model, which is all invariant tests need. Every prompt
+has ``length`` tokens and no BOS, so position i is named "t{i}".
 """
 
 from __future__ import annotations
@@ -39,4 +40,5 @@ def generate(tokenizer: Tokenizer | None, d_vocab: int, n: int = 8, seed: int = 
         name="random", clean=clean, corrupted=corrupted,
         correct=cast(list[Answer], correct),  # token ids; list[int] is not list[Answer] (invariance)
         incorrect=incorrect, metric=p.metric, prepend_bos=False,
+        position_names=[f"t{i}" for i in range(p.length)],
     )

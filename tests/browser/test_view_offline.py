@@ -168,3 +168,27 @@ def test_neuron_level_view_draws_the_chosen_neurons(page: Page, neuron_view: Vie
     best = ranked_units(neuron_view.doc)[0]
     viewer(page, f"select({json.dumps(best)})")
     assert best in page.locator(".cv-panel").inner_text()
+
+
+@pytest.fixture(scope="module")
+def position_view(tmp_path_factory: pytest.TempPathFactory) -> Viewed:
+    directory = tmp_path_factory.mktemp("position-view")
+    graph, html = directory / "positions.json", directory / "positions.html"
+    circuitd(
+        "discover", "--model", "zoo:synth", "--task", "induction", "--method", "eap", "--positions",
+        "--top-n", "30", "--n-prompts", "8", "--out", str(graph),
+    )
+    circuitd("view", str(graph), "-o", str(html))
+    return Viewed(json.loads(graph.read_text(encoding="utf-8")), html)
+
+
+def test_position_aware_view_lists_each_edge_with_its_position(page: Page, position_view: Viewed) -> None:
+    links = circuit_links(position_view.doc)
+    open_viewer(page, position_view)
+    assert viewer(page, "drawnEdges()") == position_view.doc["graph"]["metrics"]["n_edges"] == len(links)
+    into = [link for link in links if link["target"] == "logits"]
+    assert into, "the circuit reaches the logits"
+    viewer(page, 'select("logits")')
+    panel = page.locator(".cv-panel").inner_text()
+    for link in into:
+        assert f"{link['name']} ({link['position_name']})" in panel

@@ -75,11 +75,15 @@ def dest_hooks(name: str, n_layers: int) -> list[tuple[str, int | None]]:
     return [(f"blocks.{m.group(4)}.hook_mlp_in", None)]
 
 
-def _brute_force_edge(tl_model, edge: str, clean: torch.Tensor, corrupted_cache) -> torch.Tensor:
+def brute_force_edge(
+    tl_model, edge: str, clean: torch.Tensor, corrupted_cache, position: int | None = None
+) -> torch.Tensor:
+    """The model's logits with ``edge`` ablated alone (at one token ``position``, or at all)."""
     src, dst = edge.split("->")
     src_hook, src_head = _source_hook(src)
     abl = corrupted_cache[src_hook]
     abl = abl[:, :, src_head] if src_head is not None else abl
+    at = slice(None) if position is None else slice(position, position + 1)
     seen: dict[str, torch.Tensor] = {}
 
     def grab(act, hook):
@@ -89,9 +93,9 @@ def _brute_force_edge(tl_model, edge: str, clean: torch.Tensor, corrupted_cache)
         def fn(act, hook):
             act = act.clone()
             if head is None:
-                act += abl - seen["cur"]
+                act[:, at] += abl[:, at] - seen["cur"][:, at]
             else:
-                act[:, :, head] += abl - seen["cur"]
+                act[:, at, head] += abl[:, at] - seen["cur"][:, at]
             return act
 
         return fn
@@ -115,7 +119,7 @@ def test_single_edge_patching_matches_brute_force(seed: int, split: bool, reques
     clean = model.run(b.clean)
     moved = 0
     for i, edge in enumerate(graph.edge_names):
-        expected = _brute_force_edge(tl_model, edge, b.clean, corrupted_cache)
+        expected = brute_force_edge(tl_model, edge, b.clean, corrupted_cache)
         torch.testing.assert_close(engine_out[i], expected, atol=1e-5, rtol=0, msg=edge)
         moved += int((expected - clean).abs().max() > 1e-4)
     assert moved >= graph.n_edges * 0.9  # the check is not vacuous: almost every edge matters

@@ -256,7 +256,7 @@
   };
 
   function edgeBend(name) {
-    var m = /<([qkv])>$/.exec(name);
+    var m = /<([qkv])>(?:@\d+)?$/.exec(name);
     return m ? { q: -1, k: 0, v: 1 }[m[1]] : 0;
   }
 
@@ -565,7 +565,8 @@
       var table = el("table");
       list.sort(function (a, b) { return Math.abs(b.value) - Math.abs(a.value); }).forEach(function (e) {
         var row = table.insertRow();
-        row.appendChild(el("td", "", kind === "attribution" ? e.link[other] : e.name));
+        var at = e.link.position_name === undefined ? "" : " (" + e.link.position_name + ")";  // position-aware
+        row.appendChild(el("td", "", kind === "attribution" ? e.link[other] : e.name + at));
         row.appendChild(el("td", "num " + (e.value >= 0 ? "pos" : "neg"), fmt(e.value)));
       });
       frag.appendChild(table);
