@@ -14,13 +14,14 @@ from circuitd.methods.contract import EdgeMethod, EdgeParams
 
 
 class EdgePruningParams(EdgeParams):
-    """The circuit's size (an edge count or a sparsity; default 5% of the edges kept), the
+    """The circuit's size (an edge count or a sparsity; default at most 5% of the edges, at least 16), the
     optimisation (steps, learning rate, the Lagrangian multipliers' start), the relaxation of
     the binary masks and the seed of the mask noise. ``top_n`` or ``threshold``, when given,
     select from the trained masks' scores instead of the target."""
 
     target_edges: Annotated[int | None, at_most("max_edges")] = Field(
-        default=None, ge=1, description="edges the circuit keeps (default 5% of the edges)"
+        default=None, ge=1,
+        description="edges the circuit keeps (default at most 5% of the edges, at least 16)",
     )
     target_sparsity: float | None = Field(
         default=None, gt=0, lt=1, allow_inf_nan=False, description="fraction of the edges removed"

@@ -51,17 +51,20 @@ INIT_LOGIT = 3.0  # every edge starts at mask 1 without noise, nonzero with prob
 WARMUP = 0.4  # share of the steps over which the target falls from every edge to its final value
 REPORT_EVERY = 5  # steps between progress reports
 LAMBDA_LR = 100.0  # the multipliers' ascent rate, in units of the masks' learning rate
+MIN_DEFAULT_TARGET = 16  # the default target's floor, in edges (target_edge_count)
 
 
 def target_edge_count(n_edges: int, params: EdgePruningParams) -> int:
-    """The edges the circuit keeps: ``target_edges``, ``(1 - target_sparsity) * n_edges``, or
-    5% of the edges."""
+    """The edges the circuit keeps: ``target_edges``; at most ``(1 - target_sparsity) * n_edges``;
+    or by default at most 5% of the edges but at least ``MIN_DEFAULT_TARGET`` (a small model's 5%
+    is a handful of edges, fewer than any mechanism needs, and the masks then collapse)."""
     if params.target_edges is not None:
         if params.target_edges > n_edges:
             raise CircuitdError(f"target_edges: {params.target_edges} exceeds the graph's {n_edges} edges")
         return params.target_edges
-    kept = 1 - params.target_sparsity if params.target_sparsity is not None else DEFAULT_TOP_FRACTION
-    return max(1, round(kept * n_edges))
+    if params.target_sparsity is not None:
+        return max(1, math.floor((1 - params.target_sparsity) * n_edges + 1e-9))
+    return min(n_edges, max(MIN_DEFAULT_TARGET, math.floor(DEFAULT_TOP_FRACTION * n_edges + 1e-9)))
 
 
 def keep_probability(logits: torch.Tensor, relaxation: str) -> torch.Tensor:

@@ -104,8 +104,11 @@ def test_progress_and_cancel() -> None:
 
 
 def test_target_and_limits(settings_env: pytest.MonkeyPatch) -> None:
-    assert target_edge_count(1519, EdgePruningParams()) == 76  # 5% by default
-    assert target_edge_count(1519, EdgePruningParams(target_sparsity=0.95)) == 76
+    assert target_edge_count(1519, EdgePruningParams()) == 75  # at most 5% by default
+    assert target_edge_count(1519, EdgePruningParams(target_sparsity=0.95)) == 75
+    assert target_edge_count(1519, EdgePruningParams(target_sparsity=0.5)) == 759
+    assert target_edge_count(110, EdgePruningParams()) == 16  # 5% would be 5 edges: the floor
+    assert target_edge_count(12, EdgePruningParams()) == 12
     assert target_edge_count(1519, EdgePruningParams(target_edges=30)) == 30
     with pytest.raises(CircuitdError, match="target_edges: 2000 exceeds the graph's 1519 edges"):
         target_edge_count(1519, EdgePruningParams(target_edges=2000))
@@ -148,3 +151,22 @@ def test_api_job(tmp_path: Path) -> None:
     assert done["metrics"]["n_edges"] == 10 and done["metrics"]["n_edges_total"] == 110
     assert len(circuit["links"]) == 10 and circuit["graph"]["method"] == "edge-pruning"
     assert circuit["graph"]["metrics"]["target_edges"] == 10
+
+
+@pytest.mark.parametrize("name", ["known-copy", "known-induction", "known-xor"])
+def test_the_default_target_keeps_a_small_models_known_circuit(name: str) -> None:
+    """The default target's floor: 5% of these 29- and 46-edge graphs is one or two edges, which
+    collapsed the masks (faithfulness 0); 16 edges hold each known circuit, and the trained
+    circuit keeps it whole."""
+    from circuitd.discover import discover
+    from circuitd.models.zoo_known import known_circuit_path, shipped_task
+    from circuitd.roc import KnownCircuit
+
+    known = KnownCircuit.read(known_circuit_path(name))
+    spec = JobSpec.model_validate({"model": f"zoo:{name}", "task": shipped_task(name), "method": "edge-pruning",
+                                   "params": {"curve": False}})
+    result = discover(spec)
+    kept = {d["name"] for *_, d in result.graph.edges(data=True)}
+    assert result.metrics["target_edges"] == 16
+    assert set(known.edges) <= kept, sorted(set(known.edges) - kept)
+    assert result.metrics["faithfulness"] == pytest.approx(1.0, abs=1e-3)
