@@ -163,8 +163,9 @@ def test_the_default_target_keeps_a_small_models_known_circuit(name: str) -> Non
     from circuitd.roc import KnownCircuit
 
     known = KnownCircuit.read(known_circuit_path(name))
+    task = shipped_task(name)
     spec = JobSpec.model_validate(
-        {"model": f"zoo:{name}", "task": shipped_task(name), "method": "edge-pruning", "params": {"curve": False}}
+        {"model": f"zoo:{name}", "task": task, "method": "edge-pruning", "params": {"curve": False}}
     )
     result = discover(spec)
     kept = {d["name"] for *_, d in result.graph.edges(data=True)}
