@@ -1,5 +1,6 @@
-"""Exact patching and EAP-IG over activations as jobs over real HTTP, on a real Celery worker:
-each runs to its graph with progress, and a running patching job is cancelled between trials."""
+"""Exact patching, EAP-IG over activations, edge pruning and position-aware edges as jobs over
+real HTTP, on a real Celery worker: each runs to its graph with progress, and running patching
+and edge-pruning jobs are cancelled between trials and steps."""
 
 from __future__ import annotations
 
@@ -40,3 +41,35 @@ def test_eap_ig_act_job(service: Service, alice: Api) -> None:
     graph = alice.http.get(f"/v1/jobs/{done['id']}/graph").json()
     assert graph["graph"]["method"] == "eap-ig-act" and graph["graph"]["params"]["ig_steps"] == 3
     assert alice.submit(TINY | {"method": "eap-ig-act", "ig_steps": 0}).status_code == 422
+
+
+def test_edge_pruning_job_runs_and_a_long_one_cancels(service: Service, alice: Api) -> None:
+    long = TINY | {"method": "edge-pruning", "steps": 10_000, "n_prompts": 64, "batch_size": 64}
+    running = alice.submit(long).json()["id"]
+    alice.wait(running, check=lambda j: j["status"] == "running" and j["progress"] > 0.05)
+    assert alice.http.post(f"/v1/jobs/{running}/cancel").status_code == 202
+    t0 = time.monotonic()
+    assert alice.wait(running, timeout=60)["status"] == "cancelled" and time.monotonic() - t0 < 30
+
+    r = alice.submit(TINY | {"method": "edge-pruning", "steps": 40, "target_edges": 12, "top_n": None})
+    assert r.status_code == 202, r.text
+    done = alice.wait(r.json()["id"])
+    assert done["status"] == "succeeded" and done["progress"] == 1.0, done
+    stored = alice.http.get(f"/v1/jobs/{done['id']}/graph").json()["graph"]["metrics"]
+    assert done["metrics"]["n_edges"] == stored["n_edges"] == stored["target_edges"] == 12
+
+
+def test_position_aware_job_names_its_positions(service: Service, alice: Api) -> None:
+    r = alice.submit(TINY | {"method": "eap", "positions": True})
+    assert r.status_code == 202, r.text
+    done = alice.wait(r.json()["id"])
+    assert done["status"] == "succeeded", done
+    graph = alice.http.get(f"/v1/jobs/{done['id']}/graph").json()
+    names = graph["graph"]["edge_layout"]["positions"]
+    assert done["metrics"]["n_edges_total"] == 110 * len(names)
+    assert graph["links"] and all(
+        link["name"].endswith(f"@{link['position']}") and link["position_name"] == names[link["position"]]
+        for link in graph["links"]
+    )
+    refused = alice.submit(TINY | {"method": "acdc", "positions": True})
+    assert refused.status_code == 422 and "this method does not split edges by position" in refused.text
