@@ -235,6 +235,16 @@ def _read_scores(path: str, model_id: str) -> tuple[dict[str, float], dict[str, 
     return scores, dict(circuit.graph)
 
 
+def strongest_position(scores: dict[str, float]) -> dict[str, float]:
+    """Position-aware scores (``<edge>@<p>``) as one score per edge: its largest |score|."""
+    out: dict[str, float] = {}
+    for name, value in scores.items():
+        edge = name.rpartition("@")[0] or name
+        if abs(value) >= abs(out.get(edge, 0.0)):
+            out[edge] = value
+    return out
+
+
 def _same_model(a: str, b: str) -> bool:
     """Whether two ids name one model (``random:tiny`` is ``random:tiny@0``); ids that no
     longer parse (a directory since removed) are compared as written."""
@@ -259,6 +269,7 @@ def cmd_evaluate_against(args: argparse.Namespace) -> int:
     from circuitd.edges import EdgeGraph
     from circuitd.models.registry import model_shape
     from circuitd.roc import KnownCircuit, against_known
+    from graphs.edge_circuit import layout_positions
 
     if args.scores and args.circuit:
         raise CircuitdError("evaluate --against: give the scores file once (positional or --circuit)")
@@ -275,13 +286,17 @@ def cmd_evaluate_against(args: argparse.Namespace) -> int:
         )
     split, kv_heads = _edge_layout(list(scores), meta, args.no_split_qkv)
     graph = EdgeGraph(model_shape(known.model), split, kv_heads)
+    by_position = layout_positions(meta) is not None
+    if by_position:  # a known circuit is of whole edges: each ranked by its strongest position
+        scores = strongest_position(scores)
     report = against_known(graph, known, scores, where=path)
     if args.json:
         print(json.dumps({"known_circuit": args.against, "scores": path, **report.to_json()}, indent=1))
         return 0
     print(f"known circuit: {args.against} ({known.model}: {report.edge.n_positive} of "
           f"{graph.n_edges} edges, {report.node.n_positive} of {len(graph.nodes)} nodes)")
-    print(f"scores: {path} (edges ranked by |score|; a node by the max |score| of its edges)")
+    ranked = "edges ranked by |score|" + (", each at its strongest position" if by_position else "")
+    print(f"scores: {path} ({ranked}; a node by the max |score| of its edges)")
     for level, r in (("edge", report.edge), ("node", report.node)):
         print(f"{level} AUROC: {r.auc:.4f} ({r.n_positive} known, {r.n_negative} other {level}s)")
     for level, r in (("edge", report.edge), ("node", report.node)):

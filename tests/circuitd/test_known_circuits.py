@@ -265,3 +265,19 @@ def test_cli_evaluate_against(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     scores_file.write_text(json.dumps({"scores": dict.fromkeys(names, 0.0)}))
     assert main(["evaluate", "--against", known, str(scores_file)]) == 0
     assert "edge AUROC: 0.5000" in capsys.readouterr().out  # all tied: chance
+
+
+def test_cli_evaluate_against_ranks_position_aware_scores_by_their_strongest_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = ZOO_DIR / "known-copy" / "task.json"
+    known = str(known_circuit_path("known-copy"))
+    full = str(tmp_path / "full.json")
+    assert main(["discover", "--model", "zoo:known-copy", "--task", str(task), "--method", "patching",
+                 "--positions", "--all-edges", "--no-curve", "--out", full]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--against", known, full]) == 0
+    out = capsys.readouterr().out
+    assert "each at its strongest position" in out
+    assert "edge AUROC: 1.0000 (3 known, 26 other edges)" in out
+    assert "node AUROC: 1.0000 (4 known, 2 other nodes)" in out
