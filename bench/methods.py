@@ -9,10 +9,14 @@ every method is judged by; not for ACDC and edge-pruning, whose scores are test 
 saturated mask probabilities, not a ranking), and the seconds it took. For each method and
 known-circuit model (zoo:known-*): the edge- and node-level ROC AUC of its scores against the
 shipped known circuit (edge-pruning is given the known circuit's size as its target edge count:
-its scores are mask probabilities, which rank only the edges its target lets it keep). Ends with one line
-``best_cpr=X best_cmd=Y min_auroc_known=Z``: the best CPR and CMD over methods and tasks, and the
-worst edge AUROC over methods and known models of the methods that rank every edge exactly
-(``patching``, ``eap-ig-act``; the issue's goal is 1.0 there; every method's AUROC is printed).
+its scores are mask probabilities, which rank only the edges its target lets it keep). Then the
+--position-methods on IOI's template 0 (ABBA order), whose prompts share positions, with edges
+and with position-aware edges (``ioi[t0]`` and ``ioi[t0]@pos``: the fraction is of that graph's
+edges, 15 positions x 1519), and per IOI variant the fewest edges at faithfulness 0.9. Ends with
+one line ``best_cpr=X best_cmd=Y min_auroc_known=Z``: the best CPR and CMD over methods and
+the three tasks as generated, and the worst edge AUROC over methods and known models of the
+methods that rank every edge exactly (``patching``, ``eap-ig-act``; the issue's goal is 1.0
+there; every method's AUROC is printed).
 
     python bench/methods.py [--n-prompts 32] [--methods eap,eap-ig,...] [--tasks ioi,...]
 """
@@ -43,6 +47,7 @@ from circuitd.spec import JobSpec
 SYNTH_TASKS = ("ioi", "greater_than", "induction")
 EXACT_RANKERS = ("patching", "eap-ig-act")  # the methods min_auroc_known is taken over
 OWN_CIRCUIT = ("acdc", "edge-pruning")  # circuits chosen by the method, not by ranking its scores
+TEMPLATE_IOI = {"template": 0, "templates": "ABBA"}  # IOI prompts that share their positions
 GRID = 48  # circuit sizes tried when searching for the fewest edges at a faithfulness
 
 
@@ -76,19 +81,25 @@ def method_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"tau": args.acdc_tau} if name == "acdc" else {}
 
 
-def run_synth(name: str, task: str, args: argparse.Namespace) -> Row:
+def run_synth(name: str, task: str, args: argparse.Namespace, positions: bool | None = None) -> Row:
+    """One method on one zoo:synth task. ``positions`` (None: the task as generated) runs IOI on
+    one template and order, whose prompts share positions, with edges split by position (True)
+    or not (False, the same prompts' reference)."""
+    task_params = {} if positions is None else dict(TEMPLATE_IOI)
+    params = {**method_params(name, args), **({"positions": True} if positions else {})}
     spec = JobSpec.model_validate({"model": "zoo:synth", "task": task, "method": name, "seed": 0,
-                                   "n_prompts": args.n_prompts, "params": method_params(name, args)})
+                                   "n_prompts": args.n_prompts, "task_params": task_params, "params": params})
     started = time.perf_counter()
     result = discover(spec)
     seconds = time.perf_counter() - started
     m = result.metrics
-    row = Row(name, f"zoo:synth/{task}", seconds, m.get("cpr"), m.get("cmd"), n_edges=int(m["n_edges_total"]),
+    where = f"zoo:synth/{task}" + ("" if positions is None else "[t0]" + ("@pos" if positions else ""))
+    row = Row(name, where, seconds, m.get("cpr"), m.get("cmd"), n_edges=int(m["n_edges_total"]),
               circuit_edges=int(m["n_edges"]), circuit_f=float(m["faithfulness"]))
     if result.scores is not None and name not in OWN_CIRCUIT:
         model = load_model(spec.model)
-        params = spec.params
-        graph = EdgeGraph(model.shape, params.split_qkv, params.kv_heads)  # pyright: ignore[reportAttributeAccessIssue]
+        names = tuple(result.graph.graph["edge_layout"].get("positions", ()))
+        graph = EdgeGraph(model.shape, positions=names)
         built = build_task(spec, model, None)
         evaluator = Evaluator(MethodContext(model, graph, built, built.metric, "resample", spec.batch_size))
         row.at_08, row.at_09 = fewest_edges(evaluator, result.scores.detach().float().cpu(), (0.8, 0.9))
@@ -126,6 +137,8 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(SYNTH_TASKS))
     ap.add_argument("--known", default=",".join(KNOWN_MODELS))
     ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--position-methods", default="eap-ig,eap-ig-act",
+                    help="methods also run on IOI template 0 (ABBA) with and without --positions")
     ap.add_argument("--acdc-tau", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -142,19 +155,29 @@ def main() -> None:
         for model_name in [k for k in args.known.split(",") if k]:
             rows.append(run_known(name, model_name, args))
             show(rows[-1])
-    cprs = [r.cpr for r in rows if r.cpr is not None]
-    cmds = [r.cmd for r in rows if r.cmd is not None]
+    for name in [m for m in args.position_methods.split(",") if m]:
+        for positions in (False, True):
+            rows.append(run_synth(name, "ioi", args, positions))
+            show(rows[-1])
+    generated = [r for r in rows if "[t0]" not in r.where]  # CPR/CMD over the tasks as generated
+    cprs = [r.cpr for r in generated if r.cpr is not None]
+    cmds = [r.cmd for r in generated if r.cmd is not None]
     exact = [r.auroc_edge for r in rows if r.auroc_edge is not None and r.method in EXACT_RANKERS]
-    ioi = [(r.at_09, f"{r.method} (top-|score|)", r.n_edges) for r in rows
-           if r.where == "zoo:synth/ioi" and r.at_09 is not None]
-    ioi += [(r.circuit_edges, f"{r.method} (its circuit, f={r.circuit_f:.3f})", r.n_edges) for r in rows
-            if r.where == "zoo:synth/ioi" and r.circuit_edges and (r.circuit_f or 0) >= 0.9]
-    if ioi:
-        k, who, total = min(ioi, key=lambda c: c[0] or 0)
-        print(f"zoo:synth/ioi: fewest edges at faithfulness >= 0.9: {who}, {k} of {total} "
-              f"({100 * (k or 0) / total:.1f}%)")
+    for where in ("zoo:synth/ioi", "zoo:synth/ioi[t0]", "zoo:synth/ioi[t0]@pos"):
+        here = [r for r in rows if r.where == where]
+        found = [(r.at_09 / r.n_edges, r.at_09, f"{r.method} (top-|score|)", r.n_edges)
+                 for r in here if r.at_09 is not None]
+        found += [(r.circuit_edges / r.n_edges, r.circuit_edges, own(r), r.n_edges)
+                  for r in here if r.circuit_edges and (r.circuit_f or 0) >= 0.9]
+        if found:
+            share, k, who, total = min(found)
+            print(f"{where}: fewest edges at faithfulness >= 0.9: {who}, {k} of {total} ({100 * share:.1f}%)")
     print(f"best_cpr={fmt(max(cprs) if cprs else None)} best_cmd={fmt(min(cmds) if cmds else None)} "
           f"min_auroc_known={fmt(min(exact) if exact else None)}")
+
+
+def own(r: Row) -> str:
+    return f"{r.method} (its circuit, f={r.circuit_f:.3f})"
 
 
 def show(r: Row) -> None:

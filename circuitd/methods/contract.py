@@ -70,6 +70,11 @@ class EdgeParams(MethodParams):
         description="edge: score and select edges; node: heads and MLPs, each ablated as a whole; "
         "neuron: MLP neurons (top_n and threshold count nodes or neurons)",
     )
+    refine_rounds: Annotated[int, at_most("max_refine_rounds")] = Field(
+        default=0, ge=0,
+        description="after selection, up to N rounds of one-for-one edge swaps, each measured exactly, "
+        "that raise the circuit's faithfulness at the same size; edge level",
+    )
     positions: bool = Field(
         default=False,
         description="split every edge by token position (position-aware edges; the prompts must share "
@@ -97,6 +102,8 @@ class EdgeParams(MethodParams):
     def _positions_supported(self) -> EdgeParams:
         if self.positions and not self.position_aware:
             raise ValueError("positions: this method does not split edges by position")
+        if self.refine_rounds and self.level != "edge":
+            raise ValueError(f"refine_rounds: swaps refine edge-level circuits (level is '{self.level}')")
         if self.positions and self.level != "edge":
             raise ValueError(f"positions: position-aware edges are edge level only (level is '{self.level}')")
         return self

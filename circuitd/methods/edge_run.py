@@ -35,6 +35,7 @@ from circuitd.methods.node_level import (
     select_nodes,
 )
 from circuitd.models.registry import load_model, model_shape
+from circuitd.refine import refine_by_swaps
 from circuitd.selection import select
 from circuitd.settings import get_settings
 from circuitd.tasks.positions import shared_position_names
@@ -175,7 +176,14 @@ def edge_circuit(
         keep = select(ctx.graph, scores, n=params.top_n or default_count(ctx.graph.n_edges))
     evaluating.report(0.0, "evaluating")
     evaluator = evaluator_of(ctx.metric)
+    refined = None
+    if params.refine_rounds:
+        refined = refine_by_swaps(evaluating, evaluator, keep, params.refine_rounds)
+        keep = refined.keep
     found: dict[str, Any] = evaluator.summary(keep)
+    if refined is not None:
+        steps = [round(f, 6) for f in refined.faithfulness]  # before any swap, then after each
+        found.update(refine_swaps=refined.swaps, refine_faithfulness=steps)
     if params.curve:
         evaluating.check_stop()
         curve = evaluator.curve(scores)
