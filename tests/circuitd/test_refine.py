@@ -88,7 +88,8 @@ def test_refine_rounds_through_the_workflow() -> None:
     plain = discover(JobSpec.model_validate({**common, "method": "eap", "top_n": 60})).metrics
     result = discover(JobSpec.model_validate({**common, "method": "eap", "top_n": 60, "refine_rounds": 3}))
     m = result.metrics
-    assert m["n_edges"] == plain["n_edges"] and m["refine_faithfulness"][0] == pytest.approx(plain["faithfulness"])
+    assert m["n_edges"] == plain["n_edges"]
+    assert m["refine_faithfulness"][0] == pytest.approx(plain["faithfulness"])
     assert m["faithfulness"] == pytest.approx(m["refine_faithfulness"][-1], abs=1e-5)
     assert m["faithfulness"] > plain["faithfulness"] and 1 <= m["refine_swaps"] <= 3
     with pytest.raises(ValidationError, match="refine_rounds: swaps refine edge-level circuits"):
