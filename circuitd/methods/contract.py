@@ -99,7 +99,7 @@ class EdgeParams(MethodParams):
         return self
 
     @model_validator(mode="after")
-    def _positions_supported(self) -> EdgeParams:
+    def _edge_level_options(self) -> EdgeParams:
         if self.positions and not self.position_aware:
             raise ValueError("positions: this method does not split edges by position")
         if self.refine_rounds and self.level != "edge":
