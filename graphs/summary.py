@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import networkx as nx
 
@@ -63,5 +64,10 @@ def summarize(graph: nx.MultiDiGraph[str] | nx.DiGraph[str], top: int = 10) -> s
     strongest = sorted(once.values(), key=lambda e: -abs(e[2].get("score", 0.0)))[:top]
     if strongest:
         lines.append(f"top {len(strongest)} edges by |score|:")
-        lines += [f"  {d['name']:<28} {d.get('score', 0.0):+.4g}" for _, _, d in strongest]
+        lines += [f"  {d['name']:<28} {d.get('score', 0.0):+.4g}" + _at(d) for _, _, d in strongest]
     return "\n".join(lines)
+
+
+def _at(edge: dict[str, Any]) -> str:
+    """A position-aware edge's position name, for the listing."""
+    return f"   ({edge['position_name']})" if "position_name" in edge else ""

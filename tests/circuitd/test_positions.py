@@ -160,6 +160,7 @@ def test_a_position_aware_job_names_its_positions() -> None:
     position, and the logits read only the answer's position."""
     from circuitd.discover import discover
     from circuitd.spec import JobSpec
+    from graphs import summarize
 
     spec = JobSpec(model="zoo:synth", task="induction", method="eap", positions=True, top_n=60, n_prompts=8)
     result = discover(spec)
@@ -172,6 +173,10 @@ def test_a_position_aware_job_names_its_positions() -> None:
     for _, _, key, d in result.graph.edges(keys=True, data=True):
         assert d["name"].endswith(f"@{d['position']}") and key.endswith(f"@{d['position']}")
         assert d["position_name"] == names[d["position"]]
+    strongest = max((d for *_, d in result.graph.edges(data=True)), key=lambda d: abs(d["score"]))
+    assert f"{strongest['name']:<28} {strongest['score']:+.4g}   ({strongest['position_name']})" in summarize(
+        result.graph
+    )
     last = len(names) - 1
     into_logits = [d for _, v, d in result.full_graph.edges(data=True) if v == "logits"]
     assert {d["position"] for d in into_logits if d["score"] != 0} == {last}
