@@ -8,8 +8,7 @@ faithfulness 0.8 and 0.9 (searched on a log-spaced grid of sizes, measured by th
 every method is judged by; not for ACDC and edge-pruning, whose scores are test effects and
 saturated mask probabilities, not a ranking), and the seconds it took. For each method and
 known-circuit model (zoo:known-*): the edge- and node-level ROC AUC of its scores against the
-shipped known circuit (edge-pruning is given the known circuit's size as its target edge count:
-its scores are mask probabilities, which rank only the edges its target lets it keep). Then the
+shipped known circuit, every method at its defaults. Then the
 --position-methods on IOI's template 0 (ABBA order), whose prompts share positions, with edges
 and with position-aware edges (``ioi[t0]`` and ``ioi[t0]@pos``: the fraction is of that graph's
 edges, 15 positions x 1519), and per IOI variant the fewest edges at faithfulness 0.9. Ends with
@@ -109,8 +108,6 @@ def run_synth(name: str, task: str, args: argparse.Namespace, positions: bool | 
 def run_known(name: str, model_name: str, args: argparse.Namespace) -> Row:
     known = KnownCircuit.read(known_circuit_path(model_name))
     params = method_params(name, args)
-    if name == "edge-pruning":  # its default target (5% of edges) is below these circuits' sizes
-        params["target_edges"] = len(known.edges)
     spec = JobSpec.model_validate({"model": f"zoo:{model_name}", "task": shipped_task(model_name),
                                    "method": name, "seed": 0, "params": params})
     started = time.perf_counter()
