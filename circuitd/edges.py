@@ -189,10 +189,6 @@ class EdgeGraph:
     def n_edges(self) -> int:
         return self.n_base_edges * self.n_positions
 
-    def base_graph(self) -> EdgeGraph:
-        """The same graph without positions."""
-        return EdgeGraph(self.shape, self.split_qkv, self.kv_heads)
-
     @property
     def nodes(self) -> tuple[str, ...]:
         """Every node: the sources in order, then ``logits``; a node's index is its source
