@@ -14,6 +14,7 @@ never falls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from circuitd.edge_context import MethodContext
 from circuitd.evaluate import Evaluator
 
 SWAP_WIDTH = 6  # additions and removals measured per round (their width**2 swaps)
+MetricFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -37,16 +39,26 @@ class Refined:
         return len(self.faithfulness) - 1
 
 
-def faithfulness_gradient(ctx: MethodContext, evaluator: Evaluator, keep: torch.Tensor) -> torch.Tensor:
+def faithfulness_gradient(
+    ctx: MethodContext, evaluator: Evaluator, keep: torch.Tensor, metric_fns: list[MetricFn] | None = None
+) -> torch.Tensor:
     """``d faithfulness / d alpha`` ``[n_edges]`` at circuit ``keep`` (alpha 1 ablates an edge),
-    over the evaluator's prompts."""
+    over the evaluator's prompts; ``metric_fns``: the task metric of each of its minibatches
+    (:func:`metric_fns_of`; made here when not given)."""
     alpha = (~keep).to(ctx.model.device, ctx.model.dtype)[None]
     total = torch.zeros(keep.numel(), dtype=torch.float64, device=ctx.model.device)
-    for p in evaluator.prepared:
-        grads = evaluator.engine.circuit_gradients(p.batch.clean, p.ablated, alpha, ctx.metric_fn(p.batch))
+    fns = metric_fns if metric_fns is not None else metric_fns_of(ctx, evaluator)
+    for p, fn in zip(evaluator.prepared, fns, strict=True):
+        grads = evaluator.engine.circuit_gradients(p.batch.clean, p.ablated, alpha, fn)
         total += grads[0].double() * len(p.batch)
     span = evaluator.metric_full - evaluator.metric_empty
     return (total / len(ctx.task) / (span if abs(span) > 1e-12 else 1.0)).cpu()
+
+
+def metric_fns_of(ctx: MethodContext, evaluator: Evaluator) -> list[MetricFn]:
+    """The task metric of each of the evaluator's minibatches, made once (``kl`` runs the clean
+    model to make one)."""
+    return [ctx.metric_fn(p.batch) for p in evaluator.prepared]
 
 
 def refine_by_swaps(
@@ -57,11 +69,12 @@ def refine_by_swaps(
     keep = keep.cpu().clone()
     current = evaluator.faithfulness_of(keep[None])[0]
     refined = Refined(keep, [current])
+    fns = metric_fns_of(ctx, evaluator)
     for r in range(rounds):
         ctx.check_stop()
         if bool(keep.all()) or not bool(keep.any()):
             break
-        grad = faithfulness_gradient(ctx, evaluator, keep)
+        grad = faithfulness_gradient(ctx, evaluator, keep, fns)
         never = torch.tensor(-torch.inf, dtype=grad.dtype)
         adds = torch.where(~keep, -grad, never).argsort(descending=True)[: min(width, int((~keep).sum()))]
         removals = torch.where(keep, grad, never).argsort(descending=True)[: min(width, int(keep.sum()))]

@@ -9,8 +9,8 @@ The full model is the kept circuit of an incremental pass
 (:class:`~circuitd.patching.IncrementalPass`); each trial removes one edge and recomputes
 only the nodes that edge reaches, many trials per call. Architectures without the
 adapter's node math (grouped-query attention) run the trials as patched passes from a
-cached prefix of the full model instead (``run_from``: exact, slower); a position-aware graph
-(one edge per position) runs them as whole patched passes. Cost: edges x prompts single-edge
+cached prefix of the full model instead (``run_from``: exact, slower), as do position-aware
+graphs (one trial per edge and position). Cost: edges x prompts single-edge
 trials, bounded by ``CIRCUITD_MAX_PATCHING_TRIALS``.
 """
 
@@ -82,17 +82,11 @@ class _PrefixTrials:
     def __init__(self, engine: PatchingEngine, batch: TaskBatch, ablated: torch.Tensor):
         self.engine = engine
         self.batch = batch
-        self.ablated = ablated
-        # a position-aware graph's trials are whole patched passes (the prefix passes weigh edges only)
-        self.start = None if engine.graph.positions else engine.cached_pass(batch.clean, ablated)
+        self.start = engine.cached_pass(batch.clean, ablated)
 
     def _answers(self, layer: int, alpha: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            if self.start is None:
-                logits = self.engine.run(self.batch.clean, self.ablated, alpha)
-            else:
-                logits = self.engine.run_from(self.start, layer, alpha)
-            return metrics.answer_logits(logits, self.batch)
+            return metrics.answer_logits(self.engine.run_from(self.start, layer, alpha), self.batch)
 
     def full(self) -> torch.Tensor:
         graph = self.engine.graph

@@ -47,7 +47,9 @@ class _ChunkStack:
 
     def contract(self, w: torch.Tensor) -> torch.Tensor | None:
         """``sum_s w[c, m, s] * diff[s, c]`` ``[C, M, B, P, D]`` over the first
-        ``w.shape[-1]`` sources; None when no chunk contributes."""
+        ``w.shape[-1]`` sources (``w [C, P, M, S]`` in a position-aware graph: each position
+        weighed apart); None when no chunk contributes."""
+        spec = "cpms,scbpd->cmbpd" if w.ndim == 4 else "cms,scbpd->cmbpd"
         n = w.shape[-1]
         if n > self.n:
             raise RuntimeError(f"destination reads {n} sources but only {self.n} are computed")
@@ -56,7 +58,7 @@ class _ChunkStack:
             hi = min(n, lo + chunk.shape[0])
             if hi <= lo or not bool(w[..., lo:hi].any()):
                 continue
-            part = torch.einsum("cms,scbpd->cmbpd", w[..., lo:hi], chunk[: hi - lo])
+            part = torch.einsum(spec, w[..., lo:hi], chunk[: hi - lo])
             out = part if out is None else out + part
         return out
 
@@ -79,7 +81,10 @@ class CachedPass:
 def _contract_rows(w: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
     """``sum_s w[c, m, s] * diff[s]`` as ``[C, M, B, P, D]`` for weights ``w [C, M, S]`` and
     sources ``diff [S, B, P, D]`` shared by all rows. Rows usually differ from the first in a
-    few sources only, so the first row is contracted in full and the rest as differences."""
+    few sources only, so the first row is contracted in full and the rest as differences.
+    Position-aware weights ``w [C, P, M, S]`` are contracted per position in one product."""
+    if w.ndim == 4:
+        return torch.einsum("cpms,sbpd->cmbpd", w, diff)
     flat = diff.flatten(1)  # [S, N]
     base = (w[0] @ flat).unsqueeze(0)  # [1, M, N]
     dw = w - w[:1]
@@ -154,8 +159,9 @@ class PrefixPasses(EngineCore):
         g_all = graph.groups
         first = next(g for g in g_all if g.kind == "logits" or g.layer >= layer)
         alpha = alpha.to(self.model.dtype)
-        before = alpha[:, : first.offset]
-        fixed = start.alpha[: first.offset] if start.alpha is not None else None
+        per_position = (graph.n_positions, graph.n_base_edges)  # the edges into a block, at every position
+        before = alpha.reshape(-1, *per_position)[..., : first.offset]
+        fixed = start.alpha.reshape(per_position)[:, : first.offset] if start.alpha is not None else None
         if bool(before.any()) if fixed is None else not bool((before == fixed.to(alpha)).all()):
             raise ValueError(f"run_from({layer}): circuits differ from the cached pass before that layer")
         c = alpha.shape[0]
@@ -164,8 +170,9 @@ class PrefixPasses(EngineCore):
         stack = _ChunkStack(start.ablated[n0:], c)
 
         def delta(g: DestGroup, x: int) -> torch.Tensor | None:
-            w = graph.part_view(alpha, g, x) if g.kind == "attn" else graph.group_view(alpha, g).unsqueeze(1)
-            # w: [C, M, S], M the rows of the hook point's head axis (1 for an MLP or the logits)
+            w = graph.part_view(alpha, g, x) if g.kind == "attn" else graph.group_view(alpha, g).unsqueeze(-2)
+            # w: [C, M, S] ([C, P, M, S] position-aware), M the rows of the hook point's head axis
+            # (1 for an MLP or the logits)
             if not bool(w.any()):
                 return None
             out = _contract_rows(w[..., :n0], start.diff[:n0])  # [C, M, B, P, D]

@@ -233,3 +233,36 @@ def test_every_position_aware_method_finds_the_copy_circuit_by_position(method: 
         assert all(abs(scores[n]) < 1e-6 for n in ranked[3:])
     kept = {d["name"] for *_, d in result.graph.edges(data=True)}
     assert COPY_AT_POSITIONS <= kept and result.metrics["faithfulness"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("model_id", ["random:tiny@0", "random:tiny-attn-only@2"])
+def test_run_from_a_cached_pass_weighs_each_position(model_id: str) -> None:
+    """The prefix passes on a position-aware graph: from every block, from a pass with ablated
+    edges, and with a block nobody reads, they give the plain patched pass's logits."""
+    model, graph, _, _, b = random_setup(model_id, n=4, seed=3)
+    pg = positional(graph, b.clean.shape[1])
+    engine = PatchingEngine(model, pg)
+    ablated = engine.ablated_sources("resample", b.corrupted)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.tensor(pg.edge_table[1])
+    n_layers = graph.shape.n_layers
+    for start in (None, (torch.rand(pg.n_edges, generator=gen) > 0.7).float()):
+        cached = engine.cached_pass(b.clean, ablated, start)
+        for layer in range(n_layers + 1):
+            first = next(g for g in graph.groups if g.kind == "logits" or g.layer >= layer)
+            for dead in [(), (n_layers - 1,)]:
+                alpha = (torch.rand(3, pg.n_edges, generator=gen) > 0.5).float()
+                for m in dead:  # every edge out of block m ablated, at every position: it is skipped
+                    lo = graph.head_source(m, 0)
+                    alpha[:, (src >= lo) & (src < lo + graph.shape.n_heads + 1)] = 1
+                by_position = alpha.view(3, pg.n_positions, -1)
+                fixed = 0 if start is None else start.view(pg.n_positions, -1)[:, : first.offset]
+                by_position[..., : first.offset] = fixed
+                with torch.no_grad():
+                    expected = engine.run(b.clean, ablated, alpha)
+                    got = engine.run_from(cached, layer, alpha)
+                torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    late = torch.zeros(1, pg.n_edges)
+    late[0, pg.n_base_edges * (pg.n_positions - 1)] = 1  # an edge into block 0, at the last position
+    with pytest.raises(ValueError, match="differ from the cached pass"):
+        engine.run_from(engine.cached_pass(b.clean, ablated), 1, late)
