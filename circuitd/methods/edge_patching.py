@@ -14,7 +14,7 @@ class PatchingParams(EdgeParams):
     prompt, bounded by ``CIRCUITD_MAX_PATCHING_TRIALS`` (edges x prompts)."""
 
     node_scoring: ClassVar[NodeScoring | None] = "exact"  # node level: each node ablated alone
-    position_aware: ClassVar[bool] = True  # one trial per edge and position (whole patched passes)
+    position_aware: ClassVar[bool] = True  # one trial per edge and position (cached prefixes)
 
 
 PATCHING = EdgeMethod(
