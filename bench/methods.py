@@ -11,7 +11,10 @@ known-circuit model (zoo:known-*): the edge- and node-level ROC AUC of its score
 shipped known circuit, every method at its defaults. Then the
 --position-methods on IOI's template 0 (ABBA order), whose prompts share positions, with edges
 and with position-aware edges (``ioi[t0]`` and ``ioi[t0]@pos``: the fraction is of that graph's
-edges, 15 positions x 1519), and per IOI variant the fewest edges at faithfulness 0.9. Ends with
+edges, 15 positions x 1519). Then the --prune-methods on IOI as generated: their top 13% of edges
+pruned to 5% (``prune_to``, each removal measured exactly) and refined by swaps (``name+prune``;
+its @0.8 and @0.9 columns: the smallest circuits on the pruning path that reach them). Then per
+IOI variant the fewest edges at faithfulness 0.9. Ends with
 one line ``best_cpr=X best_cmd=Y min_auroc_known=Z``: the best CPR and CMD over methods and
 the three tasks as generated, and the worst edge AUROC over methods and known models of the
 methods that rank every edge exactly (``patching``, ``eap-ig-act``; the issue's goal is 1.0
@@ -48,6 +51,7 @@ EXACT_RANKERS = ("patching", "eap-ig-act")  # the methods min_auroc_known is tak
 OWN_CIRCUIT = ("acdc", "edge-pruning")  # circuits chosen by the method, not by ranking its scores
 TEMPLATE_IOI = {"template": 0, "templates": "ABBA"}  # IOI prompts that share their positions
 GRID = 48  # circuit sizes tried when searching for the fewest edges at a faithfulness
+PRUNE_FROM, PRUNE_TO, PRUNE_REFINE = 0.13, 0.05, 10  # --prune-methods: shares of the edges, swap rounds
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Row:
     circuit_f: float | None = None
     auroc_edge: float | None = None
     auroc_node: float | None = None
+    path: bool = False  # at_08 / at_09 are circuits on a pruning path, not top-|score| sizes
 
 
 def fewest_edges(evaluator: Evaluator, scores: torch.Tensor, targets: tuple[float, ...]) -> list[int | None]:
@@ -105,6 +110,22 @@ def run_synth(name: str, task: str, args: argparse.Namespace, positions: bool | 
     return row
 
 
+def run_pruned(name: str, args: argparse.Namespace) -> Row:
+    """One method's IOI circuit: its top PRUNE_FROM of the edges, pruned to PRUNE_TO and refined."""
+    n = EdgeGraph(load_model("zoo:synth").shape).n_edges
+    params = {**method_params(name, args), "top_n": round(PRUNE_FROM * n),
+              "prune_to": math.floor(PRUNE_TO * n + 1e-9), "refine_rounds": PRUNE_REFINE, "curve": False}
+    spec = JobSpec.model_validate({"model": "zoo:synth", "task": "ioi", "method": name, "seed": 0,
+                                   "n_prompts": args.n_prompts, "params": params})
+    started = time.perf_counter()
+    m = discover(spec).metrics
+    seconds = time.perf_counter() - started
+    trail = list(zip(m["prune_sizes"], m["prune_faithfulness"], strict=True))
+    at_08, at_09 = (min((k for k, f in trail if f >= t), default=None) for t in (0.8, 0.9))
+    return Row(f"{name}+prune", "zoo:synth/ioi", seconds, n_edges=n, circuit_edges=int(m["n_edges"]),
+               circuit_f=float(m["faithfulness"]), at_08=at_08, at_09=at_09, path=True)
+
+
 def run_known(name: str, model_name: str, args: argparse.Namespace) -> Row:
     known = KnownCircuit.read(known_circuit_path(model_name))
     params = method_params(name, args)
@@ -136,6 +157,8 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=32)
     ap.add_argument("--position-methods", default="eap-ig,eap-ig-act",
                     help="methods also run on IOI template 0 (ABBA) with and without --positions")
+    ap.add_argument("--prune-methods", default="eap-ig",
+                    help="methods whose top 13%% of IOI edges are also pruned to 5%% and refined")
     ap.add_argument("--acdc-tau", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -156,14 +179,17 @@ def main() -> None:
         for positions in (False, True):
             rows.append(run_synth(name, "ioi", args, positions))
             show(rows[-1])
+    for name in [m for m in args.prune_methods.split(",") if m]:
+        rows.append(run_pruned(name, args))
+        show(rows[-1])
     generated = [r for r in rows if "[t0]" not in r.where]  # CPR/CMD over the tasks as generated
     cprs = [r.cpr for r in generated if r.cpr is not None]
     cmds = [r.cmd for r in generated if r.cmd is not None]
     exact = [r.auroc_edge for r in rows if r.auroc_edge is not None and r.method in EXACT_RANKERS]
     for where in ("zoo:synth/ioi", "zoo:synth/ioi[t0]", "zoo:synth/ioi[t0]@pos"):
         here = [r for r in rows if r.where == where]
-        found = [(r.at_09 / r.n_edges, r.at_09, f"{r.method} (top-|score|)", r.n_edges)
-                 for r in here if r.at_09 is not None]
+        found = [(r.at_09 / r.n_edges, r.at_09, f"{r.method} ({'pruning path' if r.path else 'top-|score|'})",
+                  r.n_edges) for r in here if r.at_09 is not None]
         found += [(r.circuit_edges / r.n_edges, r.circuit_edges, own(r), r.n_edges)
                   for r in here if r.circuit_edges and (r.circuit_f or 0) >= 0.9]
         if found:

@@ -1,4 +1,5 @@
-"""Refining a circuit at a fixed size: swaps of one edge in for one edge out, each verified exactly.
+"""Refining a circuit: pruning it to a smaller size, and swaps of one edge in for one edge out at a
+fixed size, each step verified exactly.
 
 A circuit chosen from scores (top-n, a mask's largest logits, ACDC's pass) is rarely the most
 faithful circuit of its size: scores are first-order, or were measured on other circuits. A
@@ -10,6 +11,12 @@ measures the ``width x width`` swaps of the best-estimated additions and removal
 the evaluator every circuit is judged by, and keeps the best if it is more faithful. Rounds stop
 when no measured swap improves, or after ``rounds``. The size never changes, and faithfulness
 never falls.
+
+Pruning (:func:`prune_greedily`) is backward elimination by the same gradient: each step measures
+the ``width`` removals estimated cheapest and drops the edge whose removal leaves the most
+faithful circuit, until the circuit has the size asked for. Started from a generous selection
+(say EAP-IG's top 13%), it finds smaller faithful circuits than scores or masks alone: their
+ranking was measured on the full model, each removal here on the circuit that remains.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from circuitd.edge_context import MethodContext
 from circuitd.evaluate import Evaluator
 
 SWAP_WIDTH = 6  # additions and removals measured per round (their width**2 swaps)
+PRUNE_WIDTH = 16  # removals measured per pruning step
 MetricFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -37,6 +45,15 @@ class Refined:
     @property
     def swaps(self) -> int:
         return len(self.faithfulness) - 1
+
+
+@dataclass
+class Pruned:
+    """The pruned circuit and its faithfulness at each size, from the start's down to the last."""
+
+    keep: torch.Tensor
+    sizes: list[int] = field(default_factory=list)
+    faithfulness: list[float] = field(default_factory=list)
 
 
 def faithfulness_gradient(
@@ -91,3 +108,32 @@ def refine_by_swaps(
         refined.keep = keep
         refined.faithfulness.append(current)
     return refined
+
+
+def prune_greedily(
+    ctx: MethodContext, evaluator: Evaluator, keep: torch.Tensor, size: int, width: int = PRUNE_WIDTH
+) -> Pruned:
+    """Remove edges from circuit ``keep`` one at a time until ``size`` remain, each the best of
+    the ``width`` removals of largest ``+gradient`` measured exactly (module docstring);
+    progress and cancel between steps."""
+    keep = keep.cpu().clone()
+    start = int(keep.sum())
+    pruned = Pruned(keep, [start], [evaluator.faithfulness_of(keep[None])[0]])
+    fns = metric_fns_of(ctx, evaluator)
+    while int(keep.sum()) > size:
+        ctx.check_stop()
+        grad = faithfulness_gradient(ctx, evaluator, keep, fns)
+        never = torch.tensor(-torch.inf, dtype=grad.dtype)
+        removals = torch.where(keep, grad, never).argsort(descending=True)[: min(width, int(keep.sum()))]
+        trials = keep.repeat(len(removals), 1)
+        trials[torch.arange(len(removals)), removals] = False
+        measured = evaluator.faithfulness_of(trials)
+        best = max(range(len(measured)), key=measured.__getitem__)
+        keep = trials[best]
+        n = int(keep.sum())
+        pruned.keep = keep
+        pruned.sizes.append(n)
+        pruned.faithfulness.append(measured[best])
+        progress = (start - n) / max(1, start - size)
+        ctx.report(progress, f"pruning: {n} edges, faithfulness {measured[best]:.4f}")
+    return pruned

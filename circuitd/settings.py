@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     max_ig_steps: int = 64
     max_mask_steps: int = 10_000  # edge-pruning: optimisation steps of one job
     max_refine_rounds: int = 200  # swap rounds refining one circuit (circuitd.refine)
+    max_prune_steps: int = 5000  # edges pruning removes from one circuit, one exactly measured step each
     max_patching_trials: int = 20_000_000  # patching: edges x prompts (one single-edge pass each)
     eval_max_elements: int = 2**27  # activations per patched pass when evaluating circuits
     max_feature_nodes: int = 4096  # attribution graphs: features kept (by influence) past this

@@ -75,6 +75,11 @@ class EdgeParams(MethodParams):
         description="after selection, up to N rounds of one-for-one edge swaps, each measured exactly, "
         "that raise the circuit's faithfulness at the same size; edge level",
     )
+    prune_to: Annotated[int | None, at_most("max_edges")] = Field(
+        default=None, ge=1,
+        description="after selection, remove edges one at a time, each the least harmful of the best "
+        "estimated removals measured exactly, until N remain (before refine_rounds); edge level",
+    )
     positions: bool = Field(
         default=False,
         description="split every edge by token position (position-aware edges; the prompts must share "
@@ -104,6 +109,12 @@ class EdgeParams(MethodParams):
             raise ValueError("positions: this method does not split edges by position")
         if self.refine_rounds and self.level != "edge":
             raise ValueError(f"refine_rounds: swaps refine edge-level circuits (level is '{self.level}')")
+        if self.prune_to is not None and self.level != "edge":
+            raise ValueError(
+                f"prune_to: pruning removes edges from edge-level circuits (level is '{self.level}')"
+            )
+        if self.prune_to is not None and self.top_n is not None and self.prune_to >= self.top_n:
+            raise ValueError(f"prune_to: {self.prune_to} is not below top_n ({self.top_n})")
         if self.positions and self.level != "edge":
             raise ValueError(f"positions: position-aware edges are edge level only (level is '{self.level}')")
         return self

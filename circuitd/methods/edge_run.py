@@ -35,7 +35,7 @@ from circuitd.methods.node_level import (
     select_nodes,
 )
 from circuitd.models.registry import load_model, model_shape
-from circuitd.refine import refine_by_swaps
+from circuitd.refine import prune_greedily, refine_by_swaps
 from circuitd.selection import select
 from circuitd.settings import get_settings
 from circuitd.tasks.positions import shared_position_names
@@ -176,11 +176,18 @@ def edge_circuit(
         keep = select(ctx.graph, scores, n=params.top_n or default_count(ctx.graph.n_edges))
     evaluating.report(0.0, "evaluating")
     evaluator = evaluator_of(ctx.metric)
+    pruned = None
+    if params.prune_to is not None:
+        check_pruning(int(keep.sum()), params.prune_to)
+        pruned = prune_greedily(evaluating, evaluator, keep, params.prune_to)
+        keep = pruned.keep
     refined = None
     if params.refine_rounds:
         refined = refine_by_swaps(evaluating, evaluator, keep, params.refine_rounds)
         keep = refined.keep
     found: dict[str, Any] = evaluator.summary(keep)
+    if pruned is not None:  # the faithfulness at each size, from the selection's down
+        found.update(prune_sizes=pruned.sizes, prune_faithfulness=[round(f, 6) for f in pruned.faithfulness])
     if refined is not None:
         steps = [round(f, 6) for f in refined.faithfulness]  # before any swap, then after each
         found.update(refine_swaps=refined.swaps, refine_faithfulness=steps)
@@ -193,6 +200,18 @@ def edge_circuit(
     return Found(scores, keep, found, lambda meta, every: build_edge_circuit(
         names, score_list, keep_list, meta, all_edges=every
     ))
+
+
+def check_pruning(selected: int, size: int) -> None:
+    """``prune_to`` must be below the selected circuit's size, by at most ``max_prune_steps``."""
+    if size >= selected:
+        raise CircuitdError(f"prune_to: {size} is not below the selected circuit's {selected} edges")
+    limit = get_settings().max_prune_steps
+    if selected - size > limit:
+        raise CircuitdError(
+            f"prune_to: removing {selected - size} edges exceeds CIRCUITD_MAX_PRUNE_STEPS={limit} "
+            f"(select fewer edges first, with top_n)"
+        )
 
 
 def node_circuit(
