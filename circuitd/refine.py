@@ -78,6 +78,12 @@ def metric_fns_of(ctx: MethodContext, evaluator: Evaluator) -> list[MetricFn]:
     return [ctx.metric_fn(p.batch) for p in evaluator.prepared]
 
 
+def best_estimated(gain: torch.Tensor, among: torch.Tensor, width: int) -> torch.Tensor:
+    """The indices of the ``width`` edges of ``among`` with the largest estimated ``gain``."""
+    never = torch.tensor(-torch.inf, dtype=gain.dtype)
+    return torch.where(among, gain, never).argsort(descending=True)[: min(width, int(among.sum()))]
+
+
 def refine_by_swaps(
     ctx: MethodContext, evaluator: Evaluator, keep: torch.Tensor, rounds: int, width: int = SWAP_WIDTH
 ) -> Refined:
@@ -92,9 +98,7 @@ def refine_by_swaps(
         if bool(keep.all()) or not bool(keep.any()):
             break
         grad = faithfulness_gradient(ctx, evaluator, keep, fns)
-        never = torch.tensor(-torch.inf, dtype=grad.dtype)
-        adds = torch.where(~keep, -grad, never).argsort(descending=True)[: min(width, int((~keep).sum()))]
-        removals = torch.where(keep, grad, never).argsort(descending=True)[: min(width, int(keep.sum()))]
+        adds, removals = best_estimated(-grad, ~keep, width), best_estimated(grad, keep, width)
         swaps = keep.repeat(len(adds) * len(removals), 1)
         rows = torch.arange(swaps.shape[0])
         swaps[rows, adds.repeat_interleave(len(removals))] = True
@@ -122,9 +126,7 @@ def prune_greedily(
     fns = metric_fns_of(ctx, evaluator)
     while int(keep.sum()) > size:
         ctx.check_stop()
-        grad = faithfulness_gradient(ctx, evaluator, keep, fns)
-        never = torch.tensor(-torch.inf, dtype=grad.dtype)
-        removals = torch.where(keep, grad, never).argsort(descending=True)[: min(width, int(keep.sum()))]
+        removals = best_estimated(faithfulness_gradient(ctx, evaluator, keep, fns), keep, width)
         trials = keep.repeat(len(removals), 1)
         trials[torch.arange(len(removals)), removals] = False
         measured = evaluator.faithfulness_of(trials)

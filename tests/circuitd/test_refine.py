@@ -16,6 +16,21 @@ from circuitd.refine import faithfulness_gradient, prune_greedily, refine_by_swa
 from tests.support.models import method_context
 
 
+def known_model_context(name: str) -> tuple[MethodContext, Evaluator]:
+    """A zoo known-circuit model (float64) with its shipped task, and its evaluator."""
+    from circuitd.edges import EdgeGraph
+    from circuitd.jobs import build_task
+    from circuitd.models.registry import load_model
+    from circuitd.models.zoo_known import shipped_task
+    from circuitd.spec import JobSpec
+
+    spec = JobSpec(model=f"zoo:{name}", task=shipped_task(name), method="eap")
+    model = load_model(f"zoo:{name}", dtype="float64")
+    task = build_task(spec, model, None)
+    ctx = MethodContext(model, EdgeGraph(model.shape), task, task.metric, batch_size=8)
+    return ctx, Evaluator(ctx)
+
+
 def test_the_gradient_is_the_finite_difference_of_faithfulness() -> None:
     ctx = method_context("random:tiny@2", metric="logit_diff", n=5, batch_size=3, dtype="float64")
     ev = Evaluator(ctx)
@@ -59,18 +74,8 @@ def test_swaps_keep_the_size_and_never_lose_faithfulness() -> None:
 def test_a_broken_known_circuit_is_mended() -> None:
     """zoo:known-copy's 3-edge circuit with one edge swapped for a wrong one: one round finds
     the swap back, and nothing improves on the known circuit."""
-    from circuitd.edges import EdgeGraph
-    from circuitd.jobs import build_task
-    from circuitd.models.registry import load_model
-    from circuitd.models.zoo_known import shipped_task
-    from circuitd.spec import JobSpec
-
-    spec = JobSpec(model="zoo:known-copy", task=shipped_task("known-copy"), method="eap")
-    model = load_model("zoo:known-copy", dtype="float64")
-    graph = EdgeGraph(model.shape)
-    task = build_task(spec, model, None)
-    ctx = MethodContext(model, graph, task, task.metric, batch_size=8)
-    ev = Evaluator(ctx)
+    ctx, ev = known_model_context("known-copy")
+    graph = ctx.graph
     known = graph.index_of(["input->a0.h0<v>", "a0.h0->a1.h0<v>", "a1.h0->logits"])
     broken = torch.zeros(graph.n_edges, dtype=torch.bool)
     broken[known[:2] + graph.index_of(["a0.h1->logits"])] = True
@@ -128,20 +133,12 @@ def test_pruning_with_every_removal_measured_is_brute_force_backward_elimination
 def test_pruning_the_whole_graph_finds_the_known_circuit() -> None:
     """zoo:known-induction's every edge pruned to the known circuit's 5: exactly those edges
     remain, and no removal on the way lost faithfulness."""
-    from circuitd.edges import EdgeGraph
-    from circuitd.jobs import build_task
-    from circuitd.models.registry import load_model
-    from circuitd.models.zoo_known import known_circuit_path, shipped_task
+    from circuitd.models.zoo_known import known_circuit_path
     from circuitd.roc import KnownCircuit
-    from circuitd.spec import JobSpec
 
     known = KnownCircuit.read(known_circuit_path("known-induction")).edges
-    spec = JobSpec(model="zoo:known-induction", task=shipped_task("known-induction"), method="eap")
-    model = load_model("zoo:known-induction", dtype="float64")
-    graph = EdgeGraph(model.shape)
-    task = build_task(spec, model, None)
-    ctx = MethodContext(model, graph, task, task.metric, batch_size=8)
-    ev = Evaluator(ctx)
+    ctx, ev = known_model_context("known-induction")
+    graph = ctx.graph
     every = torch.ones(graph.n_edges, dtype=torch.bool)
     pruned = prune_greedily(ctx, ev, every, len(known))
     kept = [graph.edge_names[i] for i in torch.nonzero(pruned.keep).flatten().tolist()]
