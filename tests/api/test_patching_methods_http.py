@@ -1,6 +1,7 @@
-"""Exact patching, EAP-IG over activations, edge pruning and position-aware edges as jobs over
-real HTTP, on a real Celery worker: each runs to its graph with progress, and running patching
-and edge-pruning jobs are cancelled between trials and steps."""
+"""Exact patching, EAP-IG over activations, edge pruning, position-aware edges and pruned
+circuits (``prune_to``) as jobs over real HTTP, on a real Celery worker: each runs to its graph
+with progress, and running patching and edge-pruning jobs are cancelled between trials and
+steps."""
 
 from __future__ import annotations
 
@@ -73,3 +74,20 @@ def test_position_aware_job_names_its_positions(service: Service, alice: Api) ->
     )
     refused = alice.submit(TINY | {"method": "acdc", "positions": True})
     assert refused.status_code == 422 and "this method does not split edges by position" in refused.text
+
+
+def test_pruned_circuit_job(service: Service, alice: Api) -> None:
+    r = alice.submit(TINY | {"prune_to": 8, "refine_rounds": 2})
+    assert r.status_code == 202, r.text
+    done = alice.wait(r.json()["id"])
+    assert done["status"] == "succeeded" and done["progress"] == 1.0, done
+    stored = alice.http.get(f"/v1/jobs/{done['id']}/graph").json()
+    m = stored["graph"]["metrics"]
+    assert done["metrics"]["n_edges"] == m["n_edges"] == len(stored["links"]) == 8
+    assert m["prune_sizes"][-1] == 8 and m["prune_sizes"][0] <= 20
+    assert m["refine_faithfulness"][0] == pytest.approx(m["prune_faithfulness"][-1])
+    refused = alice.submit(TINY | {"prune_to": 20})
+    assert refused.status_code == 422 and "prune_to: 20 is not below top_n (20)" in refused.text
+    empty = alice.wait(alice.submit(TINY | {"top_n": None, "threshold": 1e9, "prune_to": 3}).json()["id"])
+    assert empty["status"] == "failed"
+    assert "prune_to: 3 is not below the selected circuit's 0 edges" in empty["error"]
