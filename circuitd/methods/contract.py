@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from circuitd.edges import KVHeads
-from circuitd.limits import at_most
+from circuitd.limits import at_most, env_name, setting_limit
 from circuitd.names import AblationName, MetricName
 from circuitd.progress import Progress, Reports, ShouldStop
 
@@ -113,8 +113,15 @@ class EdgeParams(MethodParams):
             raise ValueError(
                 f"prune_to: pruning removes edges from edge-level circuits (level is '{self.level}')"
             )
-        if self.prune_to is not None and self.top_n is not None and self.prune_to >= self.top_n:
-            raise ValueError(f"prune_to: {self.prune_to} is not below top_n ({self.top_n})")
+        if self.prune_to is not None and self.top_n is not None:
+            if self.prune_to >= self.top_n:
+                raise ValueError(f"prune_to: {self.prune_to} is not below top_n ({self.top_n})")
+            limit = setting_limit("max_prune_steps")
+            if self.top_n - self.prune_to > limit:
+                raise ValueError(
+                    f"prune_to: pruning top_n {self.top_n} to {self.prune_to} may remove "
+                    f"{self.top_n - self.prune_to} edges, more than {env_name('max_prune_steps')}={limit}"
+                )
         if self.positions and self.level != "edge":
             raise ValueError(f"positions: position-aware edges are edge level only (level is '{self.level}')")
         return self

@@ -175,9 +175,12 @@ def test_prune_to_through_the_workflow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIRCUITD_MAX_PRUNE_STEPS", "5")
     get_settings.cache_clear()
     try:
-        too_many = r"removing 9 edges exceeds CIRCUITD_MAX_PRUNE_STEPS=5 \(select fewer"
-        with pytest.raises(CircuitdError, match=too_many):
-            discover(JobSpec.model_validate({**common, "top_n": 60, "prune_to": 40}))
+        over = "may remove 20 edges, more than CIRCUITD_MAX_PRUNE_STEPS=5"
+        with pytest.raises(ValidationError, match=over):
+            JobSpec.model_validate({**common, "top_n": 60, "prune_to": 40})
+        too_many = r"removing \d+ edges exceeds CIRCUITD_MAX_PRUNE_STEPS=5 \(select fewer"
+        with pytest.raises(CircuitdError, match=too_many):  # the default selection: known once scored
+            discover(JobSpec.model_validate({**common, "prune_to": 40}))
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
