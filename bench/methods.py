@@ -40,7 +40,7 @@ from circuitd.evaluate import Evaluator
 from circuitd.jobs import build_task
 from circuitd.methods import METHODS
 from circuitd.methods.contract import EdgeMethod
-from circuitd.models.registry import load_model
+from circuitd.models.registry import load_model, model_shape
 from circuitd.models.zoo_known import KNOWN_MODELS, known_circuit_path, shipped_task
 from circuitd.roc import KnownCircuit, against_known
 from circuitd.selection import top_n
@@ -112,7 +112,7 @@ def run_synth(name: str, task: str, args: argparse.Namespace, positions: bool | 
 
 def run_pruned(name: str, args: argparse.Namespace) -> Row:
     """One method's IOI circuit: its top PRUNE_FROM of the edges, pruned to PRUNE_TO and refined."""
-    n = EdgeGraph(load_model("zoo:synth").shape).n_edges
+    n = EdgeGraph(model_shape("zoo:synth")).n_edges  # from the config: nothing loaded
     params = {**method_params(name, args), "top_n": round(PRUNE_FROM * n),
               "prune_to": math.floor(PRUNE_TO * n + 1e-9), "refine_rounds": PRUNE_REFINE, "curve": False}
     spec = JobSpec.model_validate({"model": "zoo:synth", "task": "ioi", "method": name, "seed": 0,

@@ -234,18 +234,28 @@ def test_readable_errors() -> None:
     assert str(info.value) == "k.json: format: expected 'circuitd.known-circuit/1', got 'other/1'"
 
 
+def discover_graph(name: str, method: str, out: Path, *flags: str) -> str:
+    """``discover`` on zoo model ``name``'s shipped task, written to ``out``."""
+    task = str(ZOO_DIR / name / "task.json")
+    assert main(["discover", "--model", f"zoo:{name}", "--task", task, "--method", method, *flags,
+                 "--out", str(out)]) == 0
+    return str(out)
+
+
+def evaluate_against(known: str, scores: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``evaluate --against known scores`` prints (it succeeds)."""
+    capsys.readouterr()
+    assert main(["evaluate", "--against", known, scores]) == 0
+    return capsys.readouterr().out
+
+
 def test_cli_evaluate_against(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """discover --all-edges, then evaluate --against prints the AUC lines (and --json the
     points); a circuit-only graph and another model's known circuit are one-line errors."""
-    task = ZOO_DIR / "known-xor" / "task.json"
     known = str(known_circuit_path("known-xor"))
-    full, pruned = str(tmp_path / "full.json"), str(tmp_path / "pruned.json")
-    common = ["discover", "--model", "zoo:known-xor", "--task", str(task), "--method", "eap"]
-    assert main([*common, "--all-edges", "--out", full]) == 0
-    assert main([*common, "--out", pruned]) == 0
-    capsys.readouterr()
-    assert main(["evaluate", "--against", known, full]) == 0
-    out = capsys.readouterr().out
+    full = discover_graph("known-xor", "eap", tmp_path / "full.json", "--all-edges")
+    pruned = discover_graph("known-xor", "eap", tmp_path / "pruned.json")
+    out = evaluate_against(known, full, capsys)
     assert "edge AUROC: 1.0000 (4 known, 42 other edges)" in out
     assert "node AUROC: 1.0000 (4 known, 4 other nodes)" in out
     assert "edge ROC (FPR, TPR): (0, 0) " in out
@@ -263,21 +273,15 @@ def test_cli_evaluate_against(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     scores_file = tmp_path / "scores.json"
     names = EdgeGraph(load_model("zoo:known-xor").shape).edge_names
     scores_file.write_text(json.dumps({"scores": dict.fromkeys(names, 0.0)}))
-    assert main(["evaluate", "--against", known, str(scores_file)]) == 0
-    assert "edge AUROC: 0.5000" in capsys.readouterr().out  # all tied: chance
+    assert "edge AUROC: 0.5000" in evaluate_against(known, str(scores_file), capsys)  # all tied: chance
 
 
 def test_cli_evaluate_against_ranks_position_aware_scores_by_their_strongest_position(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    task = ZOO_DIR / "known-copy" / "task.json"
-    known = str(known_circuit_path("known-copy"))
-    full = str(tmp_path / "full.json")
-    assert main(["discover", "--model", "zoo:known-copy", "--task", str(task), "--method", "patching",
-                 "--positions", "--all-edges", "--no-curve", "--out", full]) == 0
-    capsys.readouterr()
-    assert main(["evaluate", "--against", known, full]) == 0
-    out = capsys.readouterr().out
+    full = discover_graph("known-copy", "patching", tmp_path / "full.json", "--positions", "--no-curve",
+                          "--all-edges")
+    out = evaluate_against(str(known_circuit_path("known-copy")), full, capsys)
     assert "each at its strongest position" in out
     assert "edge AUROC: 1.0000 (3 known, 26 other edges)" in out
     assert "node AUROC: 1.0000 (4 known, 2 other nodes)" in out
